@@ -1,0 +1,105 @@
+"""`charnet eval` and `charnet info`: what a checkpoint is and how well it predicts text."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from charnet.cli import app
+from charnet.cli.train import Device
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, run directory, or name under checkpoints/.")],
+    files: Annotated[list[str], typer.Argument(help="Text files, directories or globs to score; each file is "
+                                                    "scored as one document from the model's initial state.")],
+    encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
+    device: Annotated[Device, typer.Option(help="Device to run the model on.")] = Device.cpu,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Bits per character and perplexity of text under a model."""
+    from charnet.checkpoint import find, load_checkpoint
+    from charnet.corpus import read_text, resolve_sources
+    from charnet.evaluation import LN2, score_ids
+    from charnet.training import resolve_device
+
+    dev = resolve_device(device.value)
+    ckpt = load_checkpoint(find(checkpoint), dev)
+    unit = "byte" if ckpt.vocab.kind == "byte" else "char"
+    rows, total_nats, total_tokens, total_unknown = [], 0.0, 0, 0
+    for path in resolve_sources(files).files:
+        ids = ckpt.vocab.encode(read_text([path], encoding))
+        unknown = ckpt.vocab.count_unknown(ids)
+        score = score_ids(ckpt.model, ids, dev, unknown=unknown)
+        rows.append({"file": str(path), "tokens": score.tokens, f"bits_per_{unit}": score.bits_per_char,
+                     f"nats_per_{unit}": score.nats, "perplexity": score.perplexity, "unknown": unknown})
+        total_nats += -float(score.logprobs.astype("float64").sum())
+        total_tokens += score.tokens
+        total_unknown += unknown
+    nats = total_nats / total_tokens if total_tokens else float("nan")
+    total = {"file": "total", "tokens": total_tokens, f"bits_per_{unit}": nats / LN2, f"nats_per_{unit}": nats,
+             "perplexity": math.exp(nats) if total_tokens else float("nan"), "unknown": total_unknown}
+    if as_json:
+        print(json.dumps({"checkpoint": str(ckpt.path), "files": rows, "total": total}, indent=2))
+    else:
+        table = Table(title=f"{ckpt.path}")
+        for col in ("file", f"{unit}s scored", f"bits/{unit}", f"nats/{unit}", "perplexity", "unknown"):
+            table.add_column(col, justify="left" if col == "file" else "right")
+        for r in [*rows, total] if len(rows) > 1 else rows:
+            table.add_row(r["file"], f"{r['tokens']:,}", f"{r[f'bits_per_{unit}']:.4f}", f"{r[f'nats_per_{unit}']:.4f}",
+                          f"{r['perplexity']:.3f}", f"{r['unknown']:,}")
+        Console().print(table)
+    if total_unknown:
+        print(f"note: {total_unknown:,} characters were not in the model's vocabulary and were scored as unknown",
+              file=sys.stderr)
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, run directory, or name under checkpoints/.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON.")] = False,
+) -> None:
+    """Configuration, size, vocabulary and training metrics of a checkpoint."""
+    from charnet.checkpoint import find, load_checkpoint
+
+    ckpt = load_checkpoint(find(checkpoint))
+    cfg, model = ckpt.config, ckpt.model
+    summary = {
+        "path": str(ckpt.path),
+        "parameters": model.num_parameters(),
+        "vocab_size": ckpt.vocab.size,
+        "tokenizer": ckpt.vocab.kind,
+        **{k: cfg.get(k) for k in ("format_version", "charnet_version", "created", "dtype", "model", "training",
+                                   "corpus", "metrics")},
+    }
+    if as_json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    m = cfg["model"]
+    table = Table(show_header=False, title=str(ckpt.path))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("model", f"{m['cell']}, {m['layers']} x {m['hidden']} hidden, embedding {m['embedding']}, "
+                           f"dropout {m['dropout']}{', tied embeddings' if m['tie_embeddings'] else ''}")
+    table.add_row("parameters", f"{summary['parameters']:,} (stored as {cfg.get('dtype')})")
+    table.add_row("vocabulary", f"{ckpt.vocab.size} ({ckpt.vocab.kind})")
+    corpus = cfg.get("corpus") or {}
+    if corpus:
+        table.add_row("corpus", f"{corpus.get('chars', 0):,} characters in {corpus.get('files')} file(s), "
+                                f"sha256 {str(corpus.get('sha256'))[:16]}…")
+    for key, value in (cfg.get("metrics") or {}).items():
+        if value is not None:
+            table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
+    training = cfg.get("training") or {}
+    if training:
+        table.add_row("training", ", ".join(f"{k}={v}" for k, v in training.items() if v is not None))
+    table.add_row("format", f"{cfg.get('format_version')} (charnet {cfg.get('charnet_version')}), created {cfg.get('created')}")
+    Console().print(table)
+

@@ -1,0 +1,193 @@
+"""`charnet train`: fit a model on a corpus into a run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from charnet.cli import app
+from charnet.config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, parse_duration
+from charnet.errors import CharnetError
+
+M = ModelConfig(vocab_size=1)  # the defaults, for --help
+T = TrainConfig(max_steps=1)
+
+
+class Cell(str, Enum):
+    rnn = "rnn"
+    lstm = "lstm"
+    peephole = "peephole"
+    gru = "gru"
+
+
+class TokenizerKind(str, Enum):
+    char = "char"
+    byte = "byte"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+MODEL_OPTS = {"model": "cell", "layers": "layers", "hidden": "hidden", "embedding": "embedding",
+              "dropout": "dropout", "tie_embeddings": "tie_embeddings"}
+# Options that define the run; on --resume they must match it (budgets may change).
+FIXED_TRAIN_OPTS = ("seq_len", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "val_fraction", "seed")
+DATA_OPTS = ("tokenizer", "encoding", "separator")
+
+Opt = typer.Option
+
+
+@app.command(no_args_is_help=False)
+def train(
+    ctx: typer.Context,
+    corpus: Annotated[Optional[list[str]], typer.Argument(
+        help="Text files, directories (read recursively) or globs such as 'src/**/*.py'; documents are "
+             "joined with --separator. [default: the bundled corpora/shakespeare.txt]", show_default=False)] = None,
+    model: Annotated[Cell, Opt(help="Recurrent cell: rnn, lstm, peephole (LSTM with peepholes) or gru.")] = Cell(M.cell),
+    layers: Annotated[int, Opt(min=1, help="Stacked recurrent layers.")] = M.layers,
+    hidden: Annotated[int, Opt(min=1, help="Units per recurrent layer.")] = M.hidden,
+    embedding: Annotated[int, Opt(min=1, help="Size of the input character embedding.")] = M.embedding,
+    dropout: Annotated[float, Opt(help="Dropout between layers and before the output layer, in [0, 1).")] = M.dropout,
+    tie_embeddings: Annotated[bool, Opt(help="Share input embedding and output weights (needs --embedding = --hidden).")] = False,
+    seq_len: Annotated[int, Opt(min=1, help="Characters per truncated-BPTT window.")] = T.seq_len,
+    batch_size: Annotated[int, Opt(min=1, help="Parallel streams per step (per process under torchrun).")] = T.batch_size,
+    lr: Annotated[float, Opt(help="Peak AdamW learning rate (warmup, then cosine decay to a tenth).")] = T.lr,
+    weight_decay: Annotated[float, Opt(help="AdamW weight decay on weight matrices.")] = T.weight_decay,
+    warmup: Annotated[int, Opt(min=0, help="Learning-rate warmup steps.")] = T.warmup_steps,
+    grad_clip: Annotated[float, Opt(help="Clip the global gradient norm to this (0: off).")] = T.grad_clip,
+    max_steps: Annotated[Optional[int], Opt(min=1, help="Stop after this many steps.", show_default=False)] = None,
+    epochs: Annotated[Optional[float], Opt(help="Stop after this many passes over the training split.", show_default=False)] = None,
+    max_time: Annotated[Optional[str], Opt(help="Stop after this much training time: 90s, 15m, 2h, 1h30m. With no "
+                                          f"budget given at all: {DEFAULT_MAX_TIME / 60:g}m.", show_default=False)] = None,
+    val_fraction: Annotated[float, Opt(help="Fraction at the end of the corpus held out for validation (0: none).")] = T.val_fraction,
+    eval_every: Annotated[int, Opt(min=1, help="Validate and save the last checkpoint every this many steps.")] = T.eval_every,
+    eval_chars: Annotated[int, Opt(min=1, help="Validation characters scored at each periodic evaluation "
+                                   "(the final one scores all).")] = T.eval_chars,
+    patience: Annotated[Optional[int], Opt(min=1, help="Stop early after this many evaluations without a new best.",
+                                           show_default=False)] = None,
+    seed: Annotated[int, Opt(help="Random seed: same seed, same device, same losses.")] = T.seed,
+    device: Annotated[Device, Opt(help="auto picks CUDA when present, then MPS, else CPU.")] = Device.auto,
+    compile: Annotated[bool, Opt(help="torch.compile the model (needs a C++ compiler on CPU).")] = False,
+    tokenizer: Annotated[TokenizerKind, Opt(help="Vocabulary: char (the characters of the corpus) or byte "
+                                            "(256 UTF-8 byte values).")] = TokenizerKind.char,
+    encoding: Annotated[str, Opt(help="Text encoding of the corpus files.")] = "utf-8",
+    separator: Annotated[str, Opt(help="Put between documents (escape sequences like \\n are understood).")] = "\\n\\n",
+    out: Annotated[Optional[Path], Opt(help="Run directory for checkpoints and logs. [default: runs/<corpus>-<model>]",
+                                       show_default=False)] = None,
+    resume: Annotated[bool, Opt(help="Continue the run in --out from its last checkpoint.")] = False,
+    force: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
+) -> None:
+    """Train a character-level language model on a corpus.
+
+    Checkpoints go to --out: best/ (lowest validation loss) and last/ (with everything
+    --resume needs), plus metrics.jsonl, loss.png and tensorboard/. Ctrl-C saves last/
+    and exits with code 130; run again with --resume to continue.
+    """
+    from charnet.checkpoint import load_checkpoint
+    from charnet.corpus import bundled_corpus
+    from charnet.data import load_corpus
+    from charnet.distributed import from_env, shutdown
+    from charnet.training import Trainer, prepare_out_dir
+
+    if resume and force:
+        raise CharnetError("--resume and --force contradict each other; pick one")
+    sep = separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    specs = list(corpus or [])
+    if not specs and not resume:
+        default = bundled_corpus()
+        if not default.is_file():
+            raise CharnetError(f"no corpus given, and the bundled corpus {default} is missing")
+        specs = [str(default)]
+    if out is None:
+        name = Path(specs[0].split("*")[0].rstrip("/") or "corpus").stem if specs else "run"
+        out = Path("runs") / f"{name or 'corpus'}-{model.value}"
+
+    dist = from_env(device.value)
+    try:
+        prepare_out_dir(out, resume=resume, force=force) if dist.main else None
+        dist.barrier()
+        budgets = dict(max_steps=max_steps, epochs=epochs, max_time=parse_duration(max_time) if max_time else None)
+        checkpoint = None
+        if resume:
+            checkpoint = load_checkpoint(out / "last", with_resume=True)
+            saved = checkpoint.config
+            _check_unchanged(ctx, saved)
+            model_cfg = checkpoint.model.config
+            base = TrainConfig.from_dict(saved["training"])
+            given = {k: v for k, v in budgets.items() if v is not None}
+            if given:  # a new budget replaces the old one entirely
+                base = dataclasses.replace(base, max_steps=None, epochs=None, max_time=None)
+            overrides = {name: value for name, value in (("eval_every", eval_every), ("eval_chars", eval_chars),
+                         ("patience", patience), ("device", device.value), ("compile", compile))
+                         if _given(ctx, name)}
+            train_cfg = dataclasses.replace(base, **given, **overrides)
+            specs = specs or saved["corpus"].get("specs") or []
+            corpus_data = load_corpus(specs, vocab=checkpoint.vocab, encoding=saved["corpus"]["encoding"],
+                                      separator=saved["corpus"]["separator"])
+            if corpus_data.sha256 != saved["corpus"]["sha256"]:
+                raise CharnetError("--resume: the corpus differs from the one this run was trained on; "
+                                   "give the same corpus, or start a new run")
+        else:
+            # Validate every option before the (possibly long) first pass over the corpus.
+            model_cfg = ModelConfig(vocab_size=1, cell=model.value, layers=layers, hidden=hidden,
+                                    embedding=embedding, dropout=dropout, tie_embeddings=tie_embeddings)
+            train_cfg = TrainConfig(seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                    warmup_steps=warmup, grad_clip=grad_clip, val_fraction=val_fraction,
+                                    eval_every=eval_every, eval_chars=eval_chars, patience=patience, seed=seed,
+                                    device=device.value, compile=compile, **budgets)
+            corpus_data = load_corpus(specs, tokenizer=tokenizer.value, encoding=encoding, separator=sep)
+            model_cfg = dataclasses.replace(model_cfg, vocab_size=corpus_data.vocab.size)
+        if corpus_data.skipped_binary and dist.main:
+            print(f"warning: skipped {len(corpus_data.skipped_binary)} binary files", file=sys.stderr)
+        trainer = Trainer(corpus_data, model_cfg, train_cfg, out, dist=dist, resume=checkpoint)
+        result = trainer.fit()
+    finally:
+        shutdown()
+    if dist.main:
+        _report(result)
+    if result.stopped in ("SIGINT", "SIGTERM"):
+        raise typer.Exit(130)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was typed on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _check_unchanged(ctx: typer.Context, saved: dict) -> None:
+    """On --resume, an explicitly given option that would change the run is an error."""
+    recorded = {**{opt: saved["model"][field] for opt, field in MODEL_OPTS.items()},
+                **{opt: saved["training"].get("warmup_steps" if opt == "warmup" else opt) for opt in FIXED_TRAIN_OPTS},
+                "tokenizer": saved["tokenizer"]["kind"], "encoding": saved["corpus"]["encoding"],
+                "separator": saved["corpus"]["separator"]}
+    for opt, old in recorded.items():
+        if not _given(ctx, opt):
+            continue
+        new = ctx.params[opt]
+        new = new.value if isinstance(new, Enum) else new
+        if opt == "separator":
+            new = new.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        if new != old:
+            flag = "--" + opt.replace("_", "-")
+            raise CharnetError(f"--resume: {flag} {new!r} differs from the run's {old!r}; drop it, or start a new run")
+
+
+def _report(result) -> None:
+    from charnet.monitor import bits
+
+    minutes, seconds = divmod(int(result.elapsed), 60)
+    lines = [f"done: {result.step} steps in {minutes}m{seconds:02d}s ({result.stopped})"]
+    if result.best_val is not None:
+        lines.append(f"best validation loss {result.best_val:.4f} nats/char = {bits(result.best_val):.4f} bits/char")
+    lines.append(f"checkpoints: {result.run_dir}/best, {result.run_dir}/last; continue with --resume --out {result.run_dir}")
+    print("\n".join(lines))

@@ -1,0 +1,160 @@
+"""Choosing the next character from logits: pure functions over (B, V) tensors.
+
+Every control works per row, so one batch can hold requests with different settings:
+repetition penalty, then temperature, then top-k, then top-p (the order of Hugging Face's
+generate), then a draw by inverse CDF.
+
+Randomness is counter-based: the uniform number behind the draw at generation step t of
+a sequence with seed s is ``uniform(s, t)``, a pure function (SplitMix64) of the two. No
+generator state is shared between rows, so a sequence samples the same characters alone,
+in any batch, or after a restart, and sample i of a request with seed s is exactly the
+single run with seed ``s + i``.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from charnet.errors import ConfigError
+
+REPETITION_WINDOW = 64
+"""Characters looked back at by the repetition penalty. Over a whole text nearly every
+character has appeared; the recent window is what repetition means for characters."""
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one sequence chooses its characters."""
+
+    temperature: float = 1.0
+    """Divides the logits; 0 means greedy (always the most likely character)."""
+
+    top_k: int = 0
+    """Sample among the k most likely characters only; 0 turns it off."""
+
+    top_p: float = 1.0
+    """Sample among the most likely characters whose probabilities sum to at least p
+    (nucleus sampling), in (0, 1]; 1 turns it off."""
+
+    repetition_penalty: float = 1.0
+    """Above 1 discourages characters among the last `REPETITION_WINDOW` (positive
+    logits divided by it, negative ones multiplied, as in CTRL); 1 turns it off."""
+
+    seed: int | None = None
+    """Seed of the sequence's draws; None picks a random one (reported back)."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError("temperature", f"must be a number >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ConfigError("top_k", f"must be an integer >= 0, got {self.top_k!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
+                and self.repetition_penalty > 0):
+            raise ConfigError("repetition_penalty", f"must be a number > 0, got {self.repetition_penalty!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed < 1 << 63):
+            raise ConfigError("seed", f"must be an integer in [0, 2^63), got {self.seed!r}")
+
+    def with_seed(self) -> SamplingParams:
+        """These params with a concrete seed (a random one if none was given)."""
+        if self.seed is not None:
+            return self
+        return SamplingParams(self.temperature, self.top_k, self.top_p, self.repetition_penalty,
+                              secrets.randbits(62))
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` of a request with `seed`: ``seed + index``, so sample i
+    of a batch equals the single run with that seed."""
+    return (seed + index) % (1 << 63)
+
+
+def uniform(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """One float64 in [0, 1) per row: SplitMix64 of (seed, step), vectorised."""
+    with np.errstate(over="ignore"):
+        z = (seeds.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (steps.astype(np.uint64) + np.uint64(0xD1B54A32D192ED03))
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+@dataclass
+class BatchParams:
+    """`SamplingParams` of every row of a batch, as tensors."""
+
+    temperature: Tensor  # (B, 1) float32
+    top_k: Tensor  # (B, 1) int64, V where off
+    top_p: Tensor  # (B, 1) float32
+    penalty: Tensor  # (B, 1) float32
+    greedy: Tensor  # (B,) bool
+    any_penalty: bool
+    any_greedy: bool
+    all_greedy: bool
+
+    @classmethod
+    def of(cls, params: list[SamplingParams], vocab_size: int, device: torch.device | str = "cpu") -> BatchParams:
+        def col(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=device).reshape(-1, 1)
+
+        greedy = [p.temperature == 0 for p in params]
+        return cls(
+            temperature=col([p.temperature if p.temperature > 0 else 1.0 for p in params], torch.float32),
+            top_k=col([p.top_k if p.top_k > 0 else vocab_size for p in params], torch.int64),
+            top_p=col([p.top_p for p in params], torch.float32),
+            penalty=col([p.repetition_penalty for p in params], torch.float32),
+            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            any_penalty=any(p.repetition_penalty != 1.0 for p in params),
+            any_greedy=any(greedy),
+            all_greedy=all(greedy),
+        )
+
+
+def apply_repetition_penalty(logits: Tensor, recent: Tensor, penalty: Tensor) -> Tensor:
+    """CTRL's penalty on characters with ``recent > 0`` (counts over the window)."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(recent > 0, penalised, logits)
+
+
+def filtered_probs(logits: Tensor, params: BatchParams) -> tuple[Tensor, Tensor]:
+    """Probabilities after temperature, top-k and top-p, sorted in descending order,
+    with the token id of each column: (probs (B, V), ids (B, V))."""
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    probs, ids = probs.sort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(probs.shape[-1], device=probs.device)
+    before = probs.cumsum(-1) - probs  # mass of the more likely characters
+    keep = (rank < params.top_k) & (before < params.top_p)
+    keep[:, 0] = True  # the most likely character always stays
+    return probs * keep, ids
+
+
+def draw(probs: Tensor, ids: Tensor, u: Tensor) -> Tensor:
+    """Inverse-CDF draw from unnormalised sorted `probs` with uniforms `u` (B,)."""
+    cdf = probs.double().cumsum(-1)
+    target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
+    col = torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1)
+    return ids.gather(1, col).squeeze(1)
+
+
+def choose(logits: Tensor, params: BatchParams, u: np.ndarray, recent: Tensor | None = None) -> Tensor:
+    """Next token ids (B,) from logits (B, V), row by row under `params`."""
+    logits = logits.float()
+    if params.any_penalty and recent is not None:
+        logits = apply_repetition_penalty(logits, recent, params.penalty)
+    greedy_ids = logits.argmax(-1) if params.any_greedy else None
+    if params.all_greedy:
+        return greedy_ids
+    probs, ids = filtered_probs(logits, params)
+    sampled = draw(probs, ids, torch.from_numpy(u))
+    return torch.where(params.greedy, greedy_ids, sampled) if params.any_greedy else sampled

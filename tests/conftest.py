@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated cache, small real corpora, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "corpora" / "shakespeare.txt"
+
+# Tiny models train in well under a second a step; two threads on CI's two cores.
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "charnet-cache"
+    monkeypatch.setenv("CHARNET_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    """The first 60,000 characters of the bundled corpus: real text, quick to train on."""
+    with open(BUNDLED, encoding="utf-8") as f:
+        return f.read(60_000)
+
+
+@pytest.fixture
+def small_corpus(tmp_path, shakespeare_text) -> Path:
+    path = tmp_path / "small.txt"
+    path.write_text(shakespeare_text, encoding="utf-8")
+    return path
+
+
+UNICODE_TEXT = (
+    "Hamlet: To be, or not to be.\r\n"
+    "漢字かな交じり文、中文句子。\r\n"
+    "Emoji: 👩‍👩‍👧 🎭 ✨, flags 🇫🇷, skin 👍🏽.\r\n"
+    "Combining: e\u0301 a\u0308 n\u0303 — Å vs A\u030a.\r\n"
+    "Zero-width\u200bspace, RTL: שלום עולם, Arabic: مرحبا.\r\n"
+)
+
+
+@pytest.fixture
+def unicode_corpus(tmp_path) -> Path:
+    path = tmp_path / "unicode.txt"
+    path.write_bytes((UNICODE_TEXT * 40).encode("utf-8"))
+    return path
+
+
+TINY = ["--hidden", "32", "--embedding", "16", "--layers", "2", "--batch-size", "4", "--seq-len", "32",
+        "--warmup", "5"]
+"""Options for a model that trains in seconds, for tests that exercise the machinery."""
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str | Path, env: dict | None = None, timeout: float = 300, cwd: Path | None = None) -> Result:
+    """Run `python -m charnet ARGS` as a real subprocess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "charnet", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_clean_error(result: Result, *fragments: str) -> None:
+    """Exit code 2, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
