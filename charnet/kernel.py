@@ -98,7 +98,9 @@ class StepKernel:
             g, h = self.gates * self.hidden, self.hidden
             buf = (torch.empty(rows, g, device=self.device), torch.empty(rows, h, device=self.device),
                    torch.empty(rows, g, device=self.device), torch.empty(rows, self.vocab_size, device=self.device))
-            self._buffers = {rows: buf}  # keep one size: the batch size changes rarely
+            if len(self._buffers) >= 4:  # a few sizes: the batch's, priming's, a resize
+                self._buffers.pop(next(iter(self._buffers)))
+            self._buffers[rows] = buf
         return buf
 
     # -- one step -------------------------------------------------------------------------

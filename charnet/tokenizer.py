@@ -167,6 +167,13 @@ class Vocab:
         """One token's text (char vocabulary) or byte string (byte vocabulary)."""
         return self._pieces[token_id]
 
+    def display(self, token_id: int) -> str:
+        """A token as text for people and JSON: the character, or for a byte that is
+        not ASCII on its own, ``bytes:\\xNN`` (as OpenAI's API shows partial bytes)."""
+        if self.kind == "char":
+            return self._id_to_token[token_id]
+        return chr(token_id) if token_id < 128 else f"bytes:\\x{token_id:02x}"
+
     def check(self, text: str) -> None:
         """Assert that the lookup table encodes `text` exactly as the tokenizer does."""
         fast = self.encode(text).tolist()

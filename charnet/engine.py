@@ -1,0 +1,166 @@
+"""The sampling engine: a checkpoint loaded for generation, and `charnet.load`.
+
+    import charnet
+    model = charnet.load("shakespeare")            # a name under checkpoints/, or a path
+    print(model.generate("ROMEO:", max_chars=200, temperature=0.8, seed=1).text)
+    for piece in model.stream("JULIET:", max_chars=200):
+        print(piece, end="", flush=True)
+    model.score("To be, or not to be").bits_per_char
+
+An `Engine` owns the model, its single-step kernel (`charnet.kernel`), and a prompt-state
+cache (`charnet.prompt_cache`). `generate` and `stream` run a `charnet.generation.Batch`
+to completion; a server drives its own long-lived batch with `new_batch`. Calls from
+several threads are serialised by `lock`, which also guards the kernel's buffers.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence as Seq
+
+import torch
+
+from charnet.checkpoint import Checkpoint, find, load_checkpoint
+from charnet.evaluation import Score, score_ids
+from charnet.generation import Batch, CharLogprob, GenerationRequest, Sequence
+from charnet.kernel import StepKernel
+from charnet.prompt_cache import DEFAULT_MAX_BYTES, PromptCache
+from charnet.sampling import SamplingParams
+from charnet.tokenizer import Vocab
+
+
+@dataclass
+class Completion:
+    """One generated sequence."""
+
+    text: str
+    """The generated text (without the prompt, and without a stop string that ended it)."""
+
+    finish_reason: str
+    """``stop`` (a stop string appeared), ``length`` (max_chars reached) or ``cancelled``."""
+
+    seed: int
+    """The seed its draws used: pass it again to get the same text."""
+
+    prompt_tokens: int
+    """Tokens in the prompt (characters, or bytes for a byte vocabulary)."""
+
+    completion_tokens: int
+    """Tokens generated, including those of a stop string that was cut off."""
+
+    unknown_prompt_chars: int = 0
+    """Prompt characters outside the vocabulary, fed to the model as the unknown id."""
+
+    logprobs: list[CharLogprob] = field(default_factory=list)
+    """Per-character log-probabilities, when asked for."""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _completion(seq: Sequence) -> Completion:
+    return Completion(seq.text, seq.finish_reason or "", seq.seed, seq.prompt_tokens, seq.generated,
+                      seq.unknown_prompt_chars, seq.logprobs)
+
+
+class Engine:
+    """A checkpoint loaded for generation and scoring."""
+
+    def __init__(self, checkpoint: Checkpoint, cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model.eval()
+        self.vocab: Vocab = checkpoint.vocab
+        self.device = next(self.model.parameters()).device
+        self.kernel = StepKernel(self.model)
+        self.cache = PromptCache(cache_bytes)
+        self.lock = threading.RLock()
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.path.name
+
+    @property
+    def path(self) -> Path:
+        return self.checkpoint.path
+
+    def new_batch(self) -> Batch:
+        """An empty batch sharing this engine's kernel and prompt cache (hold `lock`
+        while driving it)."""
+        return Batch(self.kernel, self.vocab, self.cache)
+
+    # -- generation -----------------------------------------------------------------------
+
+    @staticmethod
+    def request(prompt: str = "", *, max_chars: int = 256, temperature: float = 1.0, top_k: int = 0,
+                top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
+                stop: str | Seq[str] = (), logprobs: int | None = None) -> GenerationRequest:
+        """Validate generation settings into a request (`ConfigError` names a bad field)."""
+        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
+        return GenerationRequest(prompt, max_chars, params, (stop,) if isinstance(stop, str) else tuple(stop), logprobs)
+
+    def generate(self, prompt: str = "", *, num_samples: int = 1, **settings) -> Completion | list[Completion]:
+        """Continue `prompt`. Settings as `request` (max_chars, temperature, top_k,
+        top_p, repetition_penalty, seed, stop, logprobs).
+
+        Returns a `Completion`, or with ``num_samples=n`` a list of n generated together
+        as one batch; sample i uses seed ``seed + i``, so it equals the single run with
+        that seed.
+        """
+        request = self.request(prompt, **settings)
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            from charnet.errors import ConfigError
+            raise ConfigError("num_samples", f"must be an integer >= 1, got {num_samples!r}")
+        with self.lock:
+            batch = self.new_batch()
+            seqs = batch.add(request, num_samples)
+            while len(batch):
+                batch.step()
+        done = [_completion(s) for s in seqs]
+        return done[0] if num_samples == 1 else done
+
+    def stream(self, prompt: str = "", **settings) -> Iterator[str]:
+        """Like `generate`, yielding the text as it is produced; the pieces joined
+        equal `generate(...).text` with the same seed."""
+        request = self.request(prompt, **settings)
+        with self.lock:
+            batch = self.new_batch()
+            batch.add(request)
+            while len(batch):
+                for piece in batch.step():
+                    if piece.text:
+                        yield piece.text
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def score(self, text: str) -> Score:
+        """How well the model predicts `text` from its initial state: bits/char and
+        the log-probability of every character after the first (as `charnet eval`)."""
+        ids = self.vocab.encode(text)
+        with self.lock, torch.no_grad():
+            return score_ids(self.model, ids, self.device, unknown=self.vocab.count_unknown(ids))
+
+
+_LOADED: dict[tuple[str, str, float], Engine] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def load(path_or_name: str | Path, device: str | torch.device = "cpu") -> Engine:
+    """Load a checkpoint (a directory, a run directory, or a name under checkpoints/)
+    for generation. Loaded models are cached per checkpoint and device, and reloaded
+    when the checkpoint changes on disk."""
+    from charnet.training import resolve_device
+
+    directory = find(path_or_name)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    config = directory / "config.json"
+    key = (str(directory.resolve()), str(dev), config.stat().st_mtime)
+    with _LOAD_LOCK:
+        engine = _LOADED.get(key)
+        if engine is None:
+            for stale in [k for k in _LOADED if k[:2] == key[:2]]:
+                del _LOADED[stale]
+            engine = _LOADED[key] = Engine(load_checkpoint(directory, dev))
+    return engine
+
