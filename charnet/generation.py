@@ -310,6 +310,9 @@ class Batch:
                                           self.kernel.device)
         params = self._params
         logits = self.logits[:n]
+        if self.vocab.unk_id is not None:
+            # The unknown id stands for characters the model never saw: not one to write.
+            logits[:, self.vocab.unk_id] = float("-inf")
         seeds = np.fromiter((s.seed for s in self.seqs), dtype=np.uint64, count=n)
         steps = np.fromiter((s.generated for s in self.seqs), dtype=np.uint64, count=n)
         tokens = choose(logits, params, uniform(seeds, steps), self.recent[:n] if params.any_penalty else None)
