@@ -168,7 +168,9 @@ class StepKernel:
         for w, s in zip(work, state):
             w[:, 0] = s[:, 0]
         gates, tmp, gates_h, _ = self._scratch(rows)
-        outputs = torch.zeros(max(steps, rows), self.hidden, device=self.device)
+        # Rows padded to a multiple of 8 like every batch: GEMM gives a row the same bits
+        # for any such row count, so a prompt primed in pieces matches one primed whole.
+        outputs = torch.zeros(padded_rows(steps), self.hidden, device=self.device)
         proj = None
         for k in range(self.layers):
             if k == 0:

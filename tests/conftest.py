@@ -55,6 +55,25 @@ def unicode_corpus(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, shakespeare_text) -> Path:
+    """A small LSTM trained for a few seconds on real text: its samples have structure
+    (words, line breaks) that tests of the sampling controls need."""
+    from charnet.config import ModelConfig, TrainConfig
+    from charnet.data import load_corpus
+    from charnet.training import Trainer
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    corpus_path = root / "corpus.txt"
+    corpus_path.write_text(shakespeare_text, encoding="utf-8")
+    corpus = load_corpus([corpus_path], cache=root / "cache")
+    model_cfg = ModelConfig(vocab_size=corpus.vocab.size, cell="lstm", hidden=64, embedding=32, layers=2, dropout=0.0)
+    cfg = TrainConfig(batch_size=16, seq_len=64, warmup_steps=10, lr=1e-2, max_steps=120, eval_every=60,
+                      device="cpu", seed=3)
+    Trainer(corpus, model_cfg, cfg, root / "run").fit()
+    return root / "run" / "best"
+
+
 TINY = ["--hidden", "32", "--embedding", "16", "--layers", "2", "--batch-size", "4", "--seq-len", "32",
         "--warmup", "5"]
 """Options for a model that trains in seconds, for tests that exercise the machinery."""
@@ -73,6 +92,16 @@ def run_cli(*args: str | Path, env: dict | None = None, timeout: float = 300, cw
     proc = subprocess.run([sys.executable, "-m", "charnet", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def cli(capsys, *args: str | Path) -> Result:
+    """Run the real entry point in-process (fast) and capture what it prints."""
+    from charnet.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return Result(exit_info.value.code, out, err)
 
 
 def assert_clean_error(result: Result, *fragments: str) -> None:

@@ -12,16 +12,7 @@ import sys
 
 import pytest
 
-from charnet.cli import main
-from tests.conftest import TINY, Result, assert_clean_error, run_cli
-
-
-def cli(capsys, *args) -> Result:
-    """Run the real entry point in-process (fast) and capture what it prints."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return Result(exit_info.value.code, out, err)
+from tests.conftest import TINY, Result, assert_clean_error, cli, run_cli
 
 
 def digest(directory):

@@ -1,0 +1,70 @@
+"""`charnet sample`: prints what the engine generates; every bad input is one clear line."""
+
+from __future__ import annotations
+
+import pytest
+
+import charnet
+from tests.conftest import assert_clean_error, cli, run_cli
+
+
+def test_prints_prompt_and_continuation(capsys, tiny_model):
+    result = cli(capsys, "sample", tiny_model, "--prompt", "ROMEO:", "--length", "80", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    expected = charnet.load(tiny_model).generate("ROMEO:", max_chars=80, seed=3).text
+    assert result.stdout == "ROMEO:" + expected + "\n"
+    assert result.stderr == ""  # a given seed is not echoed back
+
+
+def test_greedy_no_echo_and_random_seed_reported(capsys, tiny_model):
+    greedy = cli(capsys, "sample", tiny_model, "-p", "KING", "-n", "60", "-t", "0", "--no-echo", "--no-stream")
+    assert greedy.returncode == 0
+    assert greedy.stdout == charnet.load(tiny_model).generate("KING", max_chars=60, temperature=0).text + "\n"
+    seed = int(greedy.stderr.strip().removeprefix("seed: "))
+    replay = cli(capsys, "sample", tiny_model, "-p", "KING", "-n", "60", "-t", "0", "--no-echo", "--seed", str(seed))
+    assert replay.stdout == greedy.stdout
+
+
+def test_num_samples_and_stop(capsys, tiny_model):
+    result = cli(capsys, "sample", tiny_model, "-p", "A", "-n", "100", "--seed", "5", "--num-samples", "3",
+                 "--stop", "\\n", "--no-echo")
+    assert result.returncode == 0
+    model = charnet.load(tiny_model)
+    for i in range(3):
+        out = model.generate("A", max_chars=100, seed=5 + i, stop="\n")
+        assert f"--- sample {i + 1} of 3, seed {5 + i} ---\n{out.text}\n" in result.stdout
+        assert "\n" not in out.text
+
+
+def test_prompt_characters_outside_the_vocabulary_warn(capsys, tiny_model):
+    result = cli(capsys, "sample", tiny_model, "-p", "Ω東", "-n", "5", "--seed", "1")
+    assert result.returncode == 0
+    assert "warning:" in result.stderr and "'Ω', '東'" in result.stderr
+
+
+def test_real_process_streams(tiny_model):
+    result = run_cli("sample", tiny_model, "-p", "", "-n", "40", "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == charnet.load(tiny_model).generate("", max_chars=40, seed=2).text + "\n"
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--temperature", "-0.5"], ["--temperature", ">= 0"]),
+    (["--top-p", "0"], ["--top-p", "(0, 1]"]),
+    (["--top-p", "1.2"], ["--top-p"]),
+    (["--top-k", "-1"], ["--top-k"]),
+    (["--repetition-penalty", "0"], ["--repetition-penalty", "> 0"]),
+    (["--length", "-1"], ["--length"]),
+    (["--length", "100001"], ["--length", "100000"]),
+    (["--num-samples", "0"], ["--num-samples"]),
+    (["--seed", "-3"], ["--seed"]),
+    (["--top-k", "many"], ["--top-k", "integer"]),
+])
+def test_bad_values(capsys, tiny_model, args, fragments):
+    assert_clean_error(cli(capsys, "sample", tiny_model, *args), *fragments)
+
+
+def test_unknown_checkpoint_lists_the_names(capsys, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARNET_CHECKPOINTS", str(tiny_model.parent))
+    assert_clean_error(cli(capsys, "sample", "nonesuch"), "nonesuch", "available names:", "best")
+    assert_clean_error(cli(capsys, "sample", tmp_path / "missing"), "missing")

@@ -1,0 +1,176 @@
+"""Continuous batching: sequences join and leave without changing what any of them writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from charnet.checkpoint import load_checkpoint
+from charnet.config import ModelConfig
+from charnet.errors import ConfigError
+from charnet.generation import MAX_CHARS, Batch, GenerationRequest, _StopMatcher
+from charnet.kernel import StepKernel
+from charnet.model import CharRNN
+from charnet.prompt_cache import BLOCK, PromptCache
+from charnet.sampling import SamplingParams
+from charnet.tokenizer import Vocab
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model):
+    ckpt = load_checkpoint(tiny_model)
+    return StepKernel(ckpt.model), ckpt.vocab
+
+
+def req(prompt="ROMEO:\n", n=60, seed=1, **kw) -> GenerationRequest:
+    return GenerationRequest(prompt, n, SamplingParams(seed=seed, **{"temperature": 1.0, **kw}))
+
+
+def run(batch: Batch) -> None:
+    while len(batch):
+        batch.step()
+
+
+def solo(kernel, vocab, request) -> str:
+    batch = Batch(kernel, vocab)
+    (seq,) = batch.add(request)
+    run(batch)
+    return seq.text
+
+
+def test_sequences_joining_and_leaving_write_what_they_write_alone(trained):
+    kernel, vocab = trained
+    requests = [req(prompt=p, n=n, seed=s) for s, (p, n) in
+                enumerate([("ROMEO:\n", 80), ("", 20), ("First Citizen:", 50), ("KING", 5), ("O", 120)] * 3)]
+    batch = Batch(kernel, vocab)
+    seqs = []
+    for i, r in enumerate(requests):  # one joins every other step, while others finish
+        seqs += batch.add(r)
+        batch.step()
+        if i % 2:
+            batch.step()
+    run(batch)
+    for seq, r in zip(seqs, requests):
+        assert seq.text == solo(kernel, vocab, r), r
+        assert seq.finish_reason == "length" and seq.generated == r.max_chars
+
+
+def test_cancel_frees_the_row_and_spares_the_others(trained):
+    kernel, vocab = trained
+    batch = Batch(kernel, vocab)
+    a, b, c = (batch.add(req(seed=s))[0] for s in (1, 2, 3))
+    for _ in range(10):
+        batch.step()
+    batch.cancel(b)
+    assert len(batch) == 2 and b.finish_reason == "cancelled" and b.row == -1
+    run(batch)
+    assert a.text == solo(kernel, vocab, req(seed=1)) and c.text == solo(kernel, vocab, req(seed=3))
+
+
+def test_stop_matcher_never_lets_part_of_a_stop_out():
+    m = _StopMatcher(("\n\n", "END"))
+    out = []
+    for piece in ["ab", "c\n", "x", "E", "N", "d", "E", "N"]:
+        text, stopped = m.feed(piece)
+        out.append(text)
+        assert not stopped
+    assert "".join(out) == "abc\nxENd" and m.tail == "EN"
+    text, stopped = m.feed("D and more")
+    assert stopped and text == ""
+    m2 = _StopMatcher(("abc",))
+    assert m2.feed("xxab") == ("xx", False) and m2.feed("d") == ("abd", False)
+
+
+def test_stop_strings_cut_exactly_and_hold_their_logprobs_back(trained):
+    kernel, vocab = trained
+    full = solo(kernel, vocab, req(n=300, seed=5))
+    stop = full[100:103]
+    first = full.index(stop)
+    batch = Batch(kernel, vocab)
+    (seq,) = batch.add(GenerationRequest("ROMEO:\n", 300, SamplingParams(seed=5), (stop, "never appears"), logprobs=2))
+    streamed = []
+    while len(batch):
+        streamed += [p.text for p in batch.step()]
+    assert seq.text == full[:first] == "".join(streamed)
+    assert seq.finish_reason == "stop"
+    assert "".join(lp.text for lp in seq.logprobs) == seq.text
+    assert all(len(lp.top) == 2 and lp.top[0][1] >= lp.top[1][1] >= lp.logprob - 1e-6 or lp.text == lp.top[0][0]
+               for lp in seq.logprobs)
+
+
+def test_logprobs_are_the_models_distribution(trained):
+    kernel, vocab = trained
+    batch = Batch(kernel, vocab)
+    (seq,) = batch.add(GenerationRequest("ROMEO:\n", 30, SamplingParams(seed=2, temperature=0.5), logprobs=3))
+    run(batch)
+    assert len(seq.logprobs) == 30 and "".join(lp.text for lp in seq.logprobs) == seq.text
+    for lp in seq.logprobs:
+        assert lp.logprob <= 0 and len(lp.top) == 3
+        assert lp.logprob <= lp.top[0][1] + 1e-6
+        assert sum(np.exp(v) for _, v in lp.top) <= 1 + 1e-5
+
+
+def test_prompt_cache_hits_change_nothing_but_work(trained):
+    kernel, vocab = trained
+    prompt = "ROMEO:\n" + "But soft, what light through yonder window breaks? " * 4
+    cold = solo(kernel, vocab, req(prompt=prompt, n=50, seed=9))
+    cache = PromptCache()
+    batch = Batch(kernel, vocab, cache)
+    (first,) = batch.add(req(prompt=prompt, n=50, seed=9))
+    run(batch)
+    assert first.text == cold and cache.misses == 1 and cache.primed_tokens == len(prompt)
+    # the same prompt again, a longer one, and the prompt plus its own continuation (the
+    # cached state stops before the last generated character, which was never fed)
+    for p, new in [(prompt, 0), (prompt + " more", 5), (prompt + first.text + "!", 2)]:
+        before = cache.primed_tokens
+        (seq,) = batch.add(req(prompt=p, n=50, seed=9))
+        run(batch)
+        assert seq.text == solo(kernel, vocab, req(prompt=p, n=50, seed=9))
+        assert cache.primed_tokens - before == new, p
+    assert cache.hits == 3 and cache.misses == 1
+    # a prompt sharing a preamble of two blocks with a cached one primes only the rest
+    other = prompt[: 2 * BLOCK] + "X" * 10
+    before = cache.primed_tokens
+    batch.add(req(prompt=other, n=1))
+    assert cache.primed_tokens - before == 10
+
+
+def test_prompt_cache_stays_within_its_byte_budget(trained):
+    kernel, vocab = trained
+    cache = PromptCache(max_bytes=40_000)
+    for i in range(60):
+        cache.prime(kernel, vocab.encode(f"prompt number {i} " * 10))
+        assert cache.bytes <= 40_000
+    assert 0 < len(cache) < 60
+    assert cache.lookup(vocab.encode("prompt number 59 " * 10))[1] is not None  # the newest stays
+    assert cache.lookup(vocab.encode("prompt number 0 " * 10))[1] is None  # the oldest went
+
+
+def test_byte_vocabulary_generates_valid_utf8(tmp_path):
+    torch.manual_seed(0)
+    vocab = Vocab.bytes()
+    kernel = StepKernel(CharRNN(ModelConfig(vocab_size=256, hidden=32, embedding=8)).eval())
+    batch = Batch(kernel, vocab)
+    seqs = batch.add(GenerationRequest("héllo 字", 200, SamplingParams(seed=4)), count=3)
+    run(batch)
+    for seq in seqs:
+        assert seq.generated == 200 and seq.prompt_tokens == len("héllo 字".encode())
+        assert isinstance(seq.text, str) and "\udcff" not in seq.text
+
+
+def test_zero_length_finishes_at_once(trained):
+    kernel, vocab = trained
+    batch = Batch(kernel, vocab)
+    (seq,) = batch.add(req(n=0))
+    assert seq.finished and seq.text == "" and len(batch) == 0
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(max_chars=-1), "max_chars"), (dict(max_chars=MAX_CHARS + 1), "max_chars"), (dict(stop=("",)), "stop"),
+    (dict(logprobs=21), "logprobs"), (dict(prompt=3), "prompt"),
+])
+def test_invalid_requests_name_their_field(kw, field):
+    with pytest.raises(ConfigError) as e:
+        GenerationRequest(**kw)
+    assert e.value.field == field

@@ -1,0 +1,101 @@
+"""The pure sampling functions: each control does what it says on a known distribution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from charnet.errors import ConfigError
+from charnet.sampling import (BatchParams, SamplingParams, apply_repetition_penalty, choose, derive_seed, draw,
+                              filtered_probs, uniform)
+
+V = 6
+LOGITS = torch.log(torch.tensor([[0.4, 0.3, 0.15, 0.1, 0.04, 0.01]]))
+
+
+def batch(**kw) -> BatchParams:
+    return BatchParams.of([SamplingParams(**kw)], V)
+
+
+def kept(**kw) -> set[int]:
+    probs, ids = filtered_probs(LOGITS, batch(**kw))
+    return {int(i) for p, i in zip(probs[0], ids[0]) if p > 0}
+
+
+def test_top_k_keeps_the_k_most_likely():
+    assert kept(top_k=1) == {0}
+    assert kept(top_k=3) == {0, 1, 2}
+    assert kept(top_k=0) == set(range(V))  # 0 turns it off
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    assert kept(top_p=0.4) == {0}  # 0.4 alone reaches 0.4
+    assert kept(top_p=0.5) == {0, 1}
+    assert kept(top_p=0.86) == {0, 1, 2, 3}  # 0.85 falls short, 0.95 reaches it
+    assert kept(top_p=1e-9) == {0}  # the most likely always stays
+    assert kept(top_p=1.0) == set(range(V))
+
+
+def test_temperature_sharpens_and_flattens():
+    cold, _ = filtered_probs(LOGITS, batch(temperature=0.5))
+    hot, _ = filtered_probs(LOGITS, batch(temperature=2.0))
+    assert cold[0, 0] > 0.4 > hot[0, 0]
+    expected = torch.softmax(LOGITS / 0.5, -1)[0, 0]
+    assert cold[0, 0] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_draw_follows_the_distribution():
+    probs, ids = filtered_probs(LOGITS.repeat(20_000, 1), BatchParams.of([SamplingParams()] * 20_000, V))
+    u = uniform(np.full(20_000, 7, dtype=np.uint64), np.arange(20_000, dtype=np.uint64))
+    counts = torch.bincount(draw(probs, ids, torch.from_numpy(u)), minlength=V).double() / 20_000
+    torch.testing.assert_close(counts, torch.exp(LOGITS[0]).double(), atol=0.012, rtol=0)
+
+
+def test_greedy_rows_take_the_argmax_beside_sampled_rows():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]])
+    params = BatchParams.of([SamplingParams(temperature=0), SamplingParams(temperature=5.0)], 3)
+    picks = {int(choose(logits, params, uniform(np.array([s, s], np.uint64), np.array([0, 0], np.uint64)))[1])
+             for s in range(200)}
+    for s in range(50):
+        assert int(choose(logits, params, uniform(np.array([s, s], np.uint64), np.zeros(2, np.uint64)))[0]) == 1
+    assert picks == {0, 1, 2}  # the hot row really samples
+
+
+def test_repetition_penalty_follows_ctrl():
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    recent = torch.tensor([[1.0, 1.0, 0.0]])
+    out = apply_repetition_penalty(logits, recent, torch.tensor([[2.0]]))
+    torch.testing.assert_close(out, torch.tensor([[1.0, -4.0, 1.0]]))
+
+
+def test_uniform_is_a_pure_function_of_seed_and_step():
+    seeds = np.array([1, 1, 2, 2**62], dtype=np.uint64)
+    steps = np.array([0, 1, 0, 5], dtype=np.uint64)
+    a, b = uniform(seeds, steps), uniform(seeds, steps)
+    assert np.array_equal(a, b) and len(set(a.tolist())) == 4
+    assert ((a >= 0) & (a < 1)).all()
+    many = uniform(np.zeros(100_000, np.uint64), np.arange(100_000, dtype=np.uint64))
+    assert abs(many.mean() - 0.5) < 0.005 and abs(many.var() - 1 / 12) < 0.002
+
+
+def test_derived_seeds():
+    assert [derive_seed(41, i) for i in range(3)] == [41, 42, 43]
+    assert derive_seed(2**63 - 1, 1) == 0
+
+
+@pytest.mark.parametrize("field,value", [
+    ("temperature", -0.1), ("temperature", math.nan), ("top_k", -1), ("top_k", 1.5), ("top_p", 0.0), ("top_p", 1.01),
+    ("repetition_penalty", 0.0), ("repetition_penalty", -1.0), ("seed", -1), ("seed", 2**63), ("seed", True),
+])
+def test_invalid_params_name_their_field(field, value):
+    with pytest.raises(ConfigError) as e:
+        SamplingParams(**{field: value})
+    assert e.value.field == field
+
+
+def test_with_seed_fills_in_a_random_seed_once():
+    p = SamplingParams(temperature=0.7).with_seed()
+    assert p.seed is not None and p.temperature == 0.7 and p.with_seed() is p
