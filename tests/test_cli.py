@@ -118,7 +118,10 @@ def test_out_holding_another_run(capsys, trained, small_corpus):
 def test_force_replaces_and_resume_continues(capsys, trained, small_corpus):
     result = cli(capsys, "train", small_corpus, *TINY, "--max-steps", "30", "--eval-every", "10", "--out", trained, "--resume")
     assert result.returncode == 0, result.stderr
-    assert json.loads((trained / "last" / "config.json").read_text())["metrics"]["step"] == 30
+    config = json.loads((trained / "last" / "config.json").read_text())
+    assert config["metrics"]["step"] == 30
+    # the new budget replaced the old one, and no default time limit slipped in
+    assert (config["training"]["max_steps"], config["training"]["max_time"]) == (30, None)
     result = cli(capsys, "train", small_corpus, *TINY, "--max-steps", "10", "--eval-every", "10", "--out", trained, "--force")
     assert result.returncode == 0, result.stderr
     assert json.loads((trained / "last" / "config.json").read_text())["metrics"]["step"] == 10

@@ -123,9 +123,9 @@ def train(
             _check_unchanged(ctx, saved)
             model_cfg = checkpoint.model.config
             base = TrainConfig.from_dict(saved["training"])
-            given = {k: v for k, v in budgets.items() if v is not None}
-            if given:  # a new budget replaces the old one entirely
-                base = dataclasses.replace(base, max_steps=None, epochs=None, max_time=None)
+            # A new budget replaces the old one entirely, in one replace: an interim config
+            # with no budget at all would take on the default --max-time.
+            given = budgets if any(v is not None for v in budgets.values()) else {}
             overrides = {name: value for name, value in (("eval_every", eval_every), ("eval_chars", eval_chars),
                          ("patience", patience), ("device", device.value), ("compile", compile))
                          if _given(ctx, name)}
