@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from charnet.errors import ConfigError
-from charnet.kernel import StepKernel, padded_rows
+from charnet.kernel import StepKernel
 from charnet.prompt_cache import PromptCache
 from charnet.sampling import REPETITION_WINDOW, BatchParams, SamplingParams, choose, uniform
 from charnet.tokenizer import Vocab
@@ -222,13 +222,14 @@ class Batch:
     # -- membership -----------------------------------------------------------------------
 
     def _resize(self, n: int) -> None:
-        rows = padded_rows(n)
+        rows = self.kernel.rows(n)
         if rows == self._rows:
             return
         keep = min(len(self.seqs), rows)
         state = self.kernel.zero_state(rows)
         logits = torch.zeros(rows, self.kernel.vocab_size, device=self.kernel.device)
         recent = torch.zeros(rows, self.kernel.vocab_size, device=self.kernel.device)
+        self.feed = torch.zeros(rows, dtype=torch.int64, device=self.kernel.device)  # tokens to feed (pads: 0)
         if self._rows:
             for new, old in zip(state, self.state):
                 new[:, :keep] = old[:, :keep]
@@ -330,9 +331,11 @@ class Batch:
         if done:
             self._remove(done)
         if self.seqs:
-            # Feed the surviving rows' tokens (in their possibly moved rows).
-            feed = torch.zeros(self._rows, dtype=torch.int64, device=self.kernel.device)
-            feed[: len(self.seqs)] = torch.tensor([s.tokens[-1] for s in self.seqs], device=self.kernel.device)
+            feed = self.feed
+            if done:  # survivors may have moved rows
+                feed[: len(self.seqs)] = torch.tensor([s.tokens[-1] for s in self.seqs], device=feed.device)
+            else:
+                feed[:n] = tokens
             self.logits.copy_(self.kernel.step(feed, self.state))
         return pieces
 

@@ -2,7 +2,7 @@
 
 Every control works per row, so one batch can hold requests with different settings:
 repetition penalty, then temperature, then top-k, then top-p (the order of Hugging Face's
-generate), then a draw by inverse CDF.
+generate), then a draw by inverse CDF over the surviving tokens in vocabulary order.
 
 Randomness is counter-based: the uniform number behind the draw at generation step t of
 a sequence with seed s is ``uniform(s, t)``, a pure function (SplitMix64) of the two. No
@@ -100,6 +100,7 @@ class BatchParams:
     penalty: Tensor  # (B, 1) float32
     greedy: Tensor  # (B,) bool
     any_penalty: bool
+    any_filter: bool
     any_greedy: bool
     all_greedy: bool
 
@@ -116,6 +117,7 @@ class BatchParams:
             penalty=col([p.repetition_penalty for p in params], torch.float32),
             greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
             any_penalty=any(p.repetition_penalty != 1.0 for p in params),
+            any_filter=any(0 < p.top_k < vocab_size or p.top_p < 1.0 for p in params),
             any_greedy=any(greedy),
             all_greedy=all(greedy),
         )
@@ -127,24 +129,26 @@ def apply_repetition_penalty(logits: Tensor, recent: Tensor, penalty: Tensor) ->
     return torch.where(recent > 0, penalised, logits)
 
 
-def filtered_probs(logits: Tensor, params: BatchParams) -> tuple[Tensor, Tensor]:
-    """Probabilities after temperature, top-k and top-p, sorted in descending order,
-    with the token id of each column: (probs (B, V), ids (B, V))."""
-    probs = torch.softmax(logits / params.temperature, dim=-1)
-    probs, ids = probs.sort(dim=-1, descending=True, stable=True)
+def keep_mask(probs: Tensor, params: BatchParams) -> Tensor:
+    """Which tokens survive top-k and top-p, in vocabulary order (B, V) bool: the k most
+    likely, and the most likely whose mass before them is under p. The most likely
+    token always survives."""
+    sorted_probs, ids = probs.sort(dim=-1, descending=True, stable=True)
     rank = torch.arange(probs.shape[-1], device=probs.device)
-    before = probs.cumsum(-1) - probs  # mass of the more likely characters
+    before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the more likely tokens
     keep = (rank < params.top_k) & (before < params.top_p)
-    keep[:, 0] = True  # the most likely character always stays
-    return probs * keep, ids
+    keep[:, 0] = True
+    return torch.zeros_like(keep).scatter_(1, ids, keep)
 
 
-def draw(probs: Tensor, ids: Tensor, u: Tensor) -> Tensor:
-    """Inverse-CDF draw from unnormalised sorted `probs` with uniforms `u` (B,)."""
+def draw(probs: Tensor, u: Tensor) -> Tensor:
+    """Inverse-CDF draw from unnormalised `probs` (B, V) with uniforms `u` (B,).
+
+    The CDF runs in vocabulary order whatever the filters, so a row without filters
+    draws the same token whether or not its batch needed them."""
     cdf = probs.double().cumsum(-1)
     target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
-    col = torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1)
-    return ids.gather(1, col).squeeze(1)
+    return torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(1)
 
 
 def choose(logits: Tensor, params: BatchParams, u: np.ndarray, recent: Tensor | None = None) -> Tensor:
@@ -155,6 +159,8 @@ def choose(logits: Tensor, params: BatchParams, u: np.ndarray, recent: Tensor | 
     greedy_ids = logits.argmax(-1) if params.any_greedy else None
     if params.all_greedy:
         return greedy_ids
-    probs, ids = filtered_probs(logits, params)
-    sampled = draw(probs, ids, torch.from_numpy(u))
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.any_filter:
+        probs = probs * keep_mask(probs, params)
+    sampled = draw(probs, torch.from_numpy(u))
     return torch.where(params.greedy, greedy_ids, sampled) if params.any_greedy else sampled

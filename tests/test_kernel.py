@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from charnet.config import ModelConfig
-from charnet.kernel import StepKernel, padded_rows
+from charnet.kernel import StepKernel, _native_bf16
 from charnet.model import CharRNN
 
 V, T = 23, 40
 CELLS = ["rnn", "lstm", "peephole", "gru"]
+PRECISIONS = ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
+    not _native_bf16(torch.device("cpu")), reason="this CPU has no native bfloat16 products"))]
+TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
 
 
 def model(cell: str, hidden: int = 48) -> CharRNN:
@@ -35,28 +38,33 @@ def stepped(kernel: StepKernel, ids: torch.Tensor, rows: int, row: int, seed: in
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_step_computes_the_model(cell):
+def test_step_computes_the_model(cell, precision):
     m = model(cell)
+    kernel = StepKernel(m, precision)
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference, _ = m(ids.unsqueeze(0))
-    torch.testing.assert_close(stepped(StepKernel(m), ids, 8, 0), reference[0], atol=1e-5, rtol=1e-5)
+    tol = TOLERANCE[precision]
+    torch.testing.assert_close(stepped(kernel, ids, kernel.rows(1), 0), reference[0], atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_rows_do_not_depend_on_their_batch(cell):
+def test_rows_do_not_depend_on_their_batch(cell, precision):
     """Bit for bit: what a sequence computes alone it computes among 63 strangers."""
-    kernel = StepKernel(model(cell, hidden=128))
+    kernel = StepKernel(model(cell, hidden=128), precision)
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(2))
-    alone = stepped(kernel, ids, 8, 0)
-    for rows, row in [(16, 9), (64, 37), (256, 255)]:
+    alone = stepped(kernel, ids, kernel.rows(1), 0)
+    for rows, row in [(16, 9), (64, 37), (256, 255)] + ([(3, 2), (13, 5)] if precision == "bfloat16" else []):
         assert torch.equal(stepped(kernel, ids, rows, row, seed=rows), alone), rows
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_priming_whole_in_pieces_and_stepping_agree(cell):
-    kernel = StepKernel(model(cell))
+def test_priming_whole_in_pieces_and_stepping_agree(cell, precision):
+    kernel = StepKernel(model(cell), precision)
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(3))
     whole = kernel.zero_state(1)
     logits_whole = kernel.prime(ids, whole)
@@ -66,8 +74,10 @@ def test_priming_whole_in_pieces_and_stepping_agree(cell):
     logits_pieces = kernel.prime(ids[30:], pieces)
     assert torch.equal(logits_whole, logits_pieces)
     assert all(torch.equal(a, b) for a, b in zip(whole, pieces))
-    assert torch.equal(stepped(kernel, ids, 8, 0)[-1], logits_whole)
+    assert torch.equal(stepped(kernel, ids, kernel.rows(1), 0)[-1], logits_whole)
 
 
-def test_padded_rows():
-    assert [padded_rows(n) for n in (1, 8, 9, 64, 65)] == [8, 8, 16, 64, 72]
+def test_rows():
+    m = model("lstm")
+    assert [StepKernel(m, "float32").rows(n) for n in (1, 8, 9, 64, 65)] == [8, 8, 16, 64, 72]
+    assert [StepKernel(m, "bfloat16").rows(n) for n in (1, 8, 9)] == [1, 8, 9]

@@ -10,7 +10,7 @@ import torch
 
 from charnet.errors import ConfigError
 from charnet.sampling import (BatchParams, SamplingParams, apply_repetition_penalty, choose, derive_seed, draw,
-                              filtered_probs, uniform)
+                              keep_mask, uniform)
 
 V = 6
 LOGITS = torch.log(torch.tensor([[0.4, 0.3, 0.15, 0.1, 0.04, 0.01]]))
@@ -21,8 +21,8 @@ def batch(**kw) -> BatchParams:
 
 
 def kept(**kw) -> set[int]:
-    probs, ids = filtered_probs(LOGITS, batch(**kw))
-    return {int(i) for p, i in zip(probs[0], ids[0]) if p > 0}
+    probs = torch.softmax(LOGITS, -1)
+    return {int(i) for i in keep_mask(probs, batch(**kw))[0].nonzero()}
 
 
 def test_top_k_keeps_the_k_most_likely():
@@ -39,19 +39,36 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert kept(top_p=1.0) == set(range(V))
 
 
-def test_temperature_sharpens_and_flattens():
-    cold, _ = filtered_probs(LOGITS, batch(temperature=0.5))
-    hot, _ = filtered_probs(LOGITS, batch(temperature=2.0))
-    assert cold[0, 0] > 0.4 > hot[0, 0]
-    expected = torch.softmax(LOGITS / 0.5, -1)[0, 0]
-    assert cold[0, 0] == pytest.approx(float(expected), rel=1e-6)
+def frequencies(n: int = 20_000, **kw) -> torch.Tensor:
+    """How often each token is chosen in n draws under `kw`."""
+    u = uniform(np.full(n, 7, dtype=np.uint64), np.arange(n, dtype=np.uint64))
+    picks = choose(LOGITS.repeat(n, 1), BatchParams.of([SamplingParams(**kw)] * n, V), u)
+    return torch.bincount(picks, minlength=V).double() / n
 
 
 def test_draw_follows_the_distribution():
-    probs, ids = filtered_probs(LOGITS.repeat(20_000, 1), BatchParams.of([SamplingParams()] * 20_000, V))
-    u = uniform(np.full(20_000, 7, dtype=np.uint64), np.arange(20_000, dtype=np.uint64))
-    counts = torch.bincount(draw(probs, ids, torch.from_numpy(u)), minlength=V).double() / 20_000
-    torch.testing.assert_close(counts, torch.exp(LOGITS[0]).double(), atol=0.012, rtol=0)
+    torch.testing.assert_close(frequencies(), torch.exp(LOGITS[0]).double(), atol=0.012, rtol=0)
+    probs = torch.tensor([[0.0, 2.0, 0.0, 1.0]])  # unnormalised, zeros never drawn
+    picks = {int(draw(probs, torch.tensor([u]))[0]) for u in np.linspace(0, 0.999, 50)}
+    assert picks == {1, 3}
+
+
+def test_temperature_sharpens_and_flattens():
+    cold, hot = frequencies(temperature=0.5), frequencies(temperature=2.0)
+    assert cold[0] > 0.4 + 0.1 and hot[0] < 0.4 - 0.1
+    torch.testing.assert_close(cold, torch.softmax(LOGITS[0] / 0.5, -1).double(), atol=0.012, rtol=0)
+
+
+def test_filters_renormalise_over_what_they_keep():
+    torch.testing.assert_close(frequencies(top_k=2), torch.tensor([4 / 7, 3 / 7, 0, 0, 0, 0]).double(),
+                               atol=0.012, rtol=0)
+
+
+def test_a_row_draws_the_same_whether_or_not_its_neighbours_filter():
+    u = uniform(np.arange(200, dtype=np.uint64), np.zeros(200, dtype=np.uint64))
+    plain = choose(LOGITS.repeat(200, 1), BatchParams.of([SamplingParams()] * 200, V), u)
+    mixed = choose(LOGITS.repeat(200, 1), BatchParams.of([SamplingParams(), SamplingParams(top_p=0.5)] * 100, V), u)
+    assert torch.equal(plain[::2], mixed[::2]) and set(mixed[1::2].tolist()) <= {0, 1}
 
 
 def test_greedy_rows_take_the_argmax_beside_sampled_rows():

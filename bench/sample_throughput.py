@@ -1,0 +1,158 @@
+"""Sampling speed: charnet's engine against the naive loop and the weight-bandwidth bound.
+
+    python -m bench.sample_throughput                  # the bundled model
+    python -m bench.sample_throughput --checkpoint runs/x --json bench/results/sample.json
+
+Measured in one run, interleaved, so the machine's noise hits both sides alike:
+- naive: the model's own forward (nn.LSTM & co.) called once per character in eager
+  PyTorch, then softmax and multinomial: what a first char-rnn port does;
+- charnet single stream: `Engine.generate`, one sequence;
+- bound: bytes of weights one step must read, divided by the matrix-vector bandwidth
+  measured on a matrix of the same size (so it sees the same caches);
+- batched: aggregate chars/s of 1, 8, 64 and 256 sequences generated together.
+Targets (the sampling issue): single stream >= 5x naive and >= 50% of the bound;
+64 streams >= 20x the single-stream aggregate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import charnet
+from charnet.engine import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def engine_for(spec: str | None) -> tuple[Engine, str]:
+    """The checkpoint to measure: the one given, else the bundled model, else an
+    untrained model of the default shape (the same speed; the text is noise)."""
+    if spec:
+        return charnet.load(spec), spec
+    try:
+        return charnet.load("shakespeare"), "shakespeare (bundled)"
+    except Exception:  # no bundled model in this checkout
+        from charnet.checkpoint import Checkpoint
+        from charnet.config import ModelConfig
+        from charnet.model import CharRNN
+        from charnet.tokenizer import Vocab
+
+        vocab = Vocab.from_chars(open(ROOT / "corpora" / "shakespeare.txt", encoding="utf-8").read(200_000))
+        model = CharRNN(ModelConfig(vocab_size=vocab.size)).eval()
+        return Engine(Checkpoint(Path("untrained"), model, vocab, {})), "untrained 2x512 lstm"
+
+
+@torch.no_grad()
+def naive(engine: Engine, chars: int, seed: int = 0) -> float:
+    """chars/s of the eager per-character loop."""
+    model = engine.model
+    torch.manual_seed(seed)
+    x = torch.tensor([[int(engine.vocab.encode("\n")[0])]])
+    state = None
+    start = time.perf_counter()
+    for _ in range(chars):
+        logits, state = model(x, state)
+        probs = torch.softmax(logits[0, -1], dim=-1)
+        x = torch.multinomial(probs, 1).view(1, 1)
+    return chars / (time.perf_counter() - start)
+
+
+def charnet_rate(engine: Engine, chars: int, streams: int = 1, seed: int = 0) -> float:
+    """Aggregate chars/s of `streams` sequences generated together."""
+    start = time.perf_counter()
+    engine.generate("\n", max_chars=chars, seed=seed, num_samples=streams)
+    return streams * chars / (time.perf_counter() - start)
+
+
+def bandwidth_bound(engine: Engine, repeats: int = 200) -> dict:
+    """Weights read per step, the matrix-vector bandwidth on a matrix of that size, and
+    the steps per second that bandwidth allows."""
+    step_bytes = engine.kernel.weight_bytes()
+    side = int((step_bytes / 4) ** 0.5)
+    matrix, vector = torch.randn(side, side), torch.randn(side)
+    for _ in range(10):
+        torch.mv(matrix, vector)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.mv(matrix, vector)
+    gbps = repeats * side * side * 4 / (time.perf_counter() - start) / 1e9
+    return {"bytes_per_step": step_bytes, "mv_gb_per_s": gbps, "bound_chars_per_s": gbps * 1e9 / step_bytes}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="checkpoint path or name [default: the bundled model]")
+    parser.add_argument("--chars", type=int, default=2000, help="characters per single-stream measurement")
+    parser.add_argument("--batch-chars", type=int, default=300, help="characters per stream in batched runs")
+    parser.add_argument("--streams", default="1,8,64,256", help="batch sizes to measure")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny counts, one round")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.chars, args.batch_chars, args.rounds, args.streams = 100, 20, 1, "1,8"
+    engine, label = engine_for(args.checkpoint)
+    cfg = engine.model.config
+    print(f"model: {label}: {cfg.cell} {cfg.layers}x{cfg.hidden}, {engine.model.num_parameters():,} parameters; "
+          f"{torch.get_num_threads()} threads")
+
+    charnet_rate(engine, 50)  # warm up: buffers, caches
+    naive(engine, 20)
+    naive_runs, single_runs = [], []
+    for r in range(args.rounds):
+        naive_runs.append(naive(engine, max(args.chars // 4, 20), seed=r))
+        single_runs.append(charnet_rate(engine, args.chars, seed=r))
+    naive_cps, single_cps = statistics.median(naive_runs), statistics.median(single_runs)
+    bound = bandwidth_bound(engine, 20 if args.quick else 200)
+    print(f"naive eager loop      {naive_cps:10,.0f} chars/s")
+    print(f"charnet single stream {single_cps:10,.0f} chars/s   {single_cps / naive_cps:5.1f}x naive (target >= 5x)")
+    print(f"bandwidth bound       {bound['bound_chars_per_s']:10,.0f} chars/s   ({bound['bytes_per_step'] / 1e6:.1f} MB "
+          f"per step at {bound['mv_gb_per_s']:.1f} GB/s); charnet reaches "
+          f"{100 * single_cps / bound['bound_chars_per_s']:.0f}% (target >= 50%)")
+
+    batched = {}
+    for n in (int(s) for s in args.streams.split(",")):
+        batched[n] = statistics.median(charnet_rate(engine, args.batch_chars, n, seed=r) for r in range(args.rounds))
+    base = batched.get(1, single_cps)
+    print("streams  aggregate chars/s  vs 1 stream")
+    for n, cps in batched.items():
+        print(f"{n:7d}  {cps:17,.0f}  {cps / base:10.1f}x" + ("  (target >= 20x)" if n == 64 else ""))
+
+    results = {"machine": machine(), "model": label, "shape": cfg.to_dict(), "naive_chars_per_s": naive_cps,
+               "single_chars_per_s": single_cps, "single_vs_naive": single_cps / naive_cps, **bound,
+               "single_vs_bound": single_cps / bound["bound_chars_per_s"],
+               "batched_chars_per_s": batched, "batched_vs_single": {n: c / base for n, c in batched.items()},
+               "rounds": {"naive": naive_runs, "single": single_runs}}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
