@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+import charnet.cli
 from tests.conftest import TINY, Result, assert_clean_error, cli, run_cli
 
 
@@ -184,15 +185,11 @@ def test_info(capsys, trained):
     assert "parameters" in cli(capsys, "info", trained).stdout
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "info"])
+@pytest.mark.parametrize("command", sorted(charnet.cli.cli_command().commands))
 def test_help_explains_every_option(command):
-    import typer
-
-    from charnet.cli import app
-
     result = run_cli(command, "--help", env={"COLUMNS": "250"})
     assert result.returncode == 0
-    click_command = typer.main.get_command(app).commands[command]
+    click_command = charnet.cli.cli_command().commands[command]
     for param in click_command.params:
         for opt in param.opts:
             if opt.startswith("--"):

@@ -54,10 +54,15 @@ def fail(message: str, command: str | None = None) -> None:
     sys.exit(2)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from charnet.cli import evaluate, sample, train  # noqa: F401  (registers the commands)
+def cli_command() -> typer.core.TyperGroup:
+    """The click command of the whole app, every subcommand registered."""
+    from charnet.cli import evaluate, export, sample, train  # noqa: F401  (importing registers them)
 
-    command = typer.main.get_command(app)
+    return typer.main.get_command(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    command = cli_command()
     try:
         code = command.main(args=argv, prog_name="charnet", standalone_mode=False)
     except _UsageError as e:
