@@ -55,7 +55,7 @@ def fail(message: str, command: str | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from charnet.cli import evaluate, sample, train  # noqa: F401  (registers the commands)
+    from charnet.cli import evaluate, sample, serve, train  # noqa: F401  (registers the commands)
 
     command = typer.main.get_command(app)
     try:
