@@ -176,4 +176,5 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
-    models: list[str] = Field(default_factory=list)
+    models: list[str] = Field(default_factory=list, description="Models served (on /ready).")
+    pid: int = Field(description="The answering process: tells replicas and workers apart.")

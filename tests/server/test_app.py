@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from charnet.server.app import create_app
-from tests.server.conftest import MODEL, OTHER, settings_for
+from tests.serving import MODEL, OTHER, settings_for
 
 pytestmark = pytest.mark.anyio
 

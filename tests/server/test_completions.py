@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.server.conftest import MODEL
+from tests.serving import MODEL
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.server.conftest import MODEL, OTHER
+from tests.serving import MODEL, OTHER
 from tests.server.test_completions import events
 
 pytestmark = pytest.mark.anyio

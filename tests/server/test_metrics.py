@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.conftest import MODEL, metric
+from tests.serving import MODEL, metric
 
 pytestmark = pytest.mark.anyio
 

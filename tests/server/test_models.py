@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.conftest import MODEL, OTHER
+from tests.serving import MODEL, OTHER
 
 pytestmark = pytest.mark.anyio
 

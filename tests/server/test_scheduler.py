@@ -10,7 +10,7 @@ import pytest
 
 from charnet.generation import Sequence
 from charnet.prompt_cache import PromptCache
-from tests.server.conftest import MODEL, metric
+from tests.serving import MODEL, metric
 from tests.server.test_completions import PROMPT, events
 
 pytestmark = pytest.mark.anyio

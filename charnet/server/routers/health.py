@@ -3,6 +3,8 @@ load balancers and scrapers need no secret."""
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -17,7 +19,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/health", response_model=Health)
 async def health() -> Health:
     """Liveness: 200 while the process serves HTTP at all."""
-    return Health(status="ok")
+    return Health(status="ok", pid=os.getpid())
 
 
 @router.get("/ready", response_model=Health, responses={503: ERRORS[503]})
@@ -29,7 +31,7 @@ async def ready(state: State) -> Response:
         return JSONResponse({"error": {"message": "not ready: models loading, an engine loop down, or shutting "
                                                   "down", "type": "server_error", "param": None,
                                        "code": "not_ready"}}, status_code=503, headers={"Retry-After": "1"})
-    return JSONResponse(Health(status="ready", models=list(state.models)).model_dump())
+    return JSONResponse(Health(status="ready", models=list(state.models), pid=os.getpid()).model_dump())
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}},

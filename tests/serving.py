@@ -1,4 +1,5 @@
-"""Server fixtures: tiny checkpoints built here, in-process apps, and a real `charnet serve`.
+"""Server fixtures (registered in tests/conftest.py): tiny checkpoints built here, in-process
+apps, and a real `charnet serve`.
 
 Nothing needs the network or a GPU: the checkpoints are trained (a few dozen steps) or
 saved untrained in a session fixture, and every server listens on a free loopback port
