@@ -193,3 +193,15 @@ def test_two_workers_answer_on_one_port(start_server, checkpoint):
     assert len(asyncio.run(pids())) == 2
     out = httpx.post(f"{server.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3}).json()
     assert len(out["choices"][0]["text"]) == 3
+
+
+def test_model_names_from_arguments_and_roots(models_dir, monkeypatch, tmp_path):
+    from charnet.cli.serve import resolve_models
+
+    both = resolve_models([str(models_dir)])
+    assert set(both) == {"tiny", "tiny-gru"} and both["tiny"].endswith("tiny/best")
+    assert set(resolve_models([str(models_dir / "tiny")])) == {"tiny"}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARNET_CHECKPOINTS", str(models_dir))
+    assert resolve_models([]) == both  # no argument: everything under the roots, run directories too
+    assert set(resolve_models(["tiny-gru"])) == {"tiny-gru"}  # a name under the roots

@@ -36,7 +36,7 @@ def resolve_models(specs: list[str]) -> dict[str, str]:
     directory: that model, named after the directory. A directory of such directories:
     each of them. Anything else is looked up by name under the checkpoint roots.
     """
-    from charnet.checkpoint import available, checkpoint_roots, find, read_config, resolve_dir
+    from charnet.checkpoint import checkpoint_roots, find, read_config, resolve_dir
     from charnet.errors import CheckpointError
 
     found: dict[str, Path] = {}
@@ -48,12 +48,15 @@ def resolve_models(specs: list[str]) -> dict[str, str]:
         found[name] = directory
 
     if not specs:
-        names = available()
-        if not names:
+        # Checkpoint and run directories alike, under every root (earlier roots win).
+        for root in checkpoint_roots():
+            if root.is_dir():
+                for d in sorted(root.iterdir()):
+                    if d.is_dir() and not d.name.startswith(".") and d.name not in found and _is_checkpoint(d):
+                        found[d.name] = resolve_dir(d)
+        if not found:
             roots = ", ".join(str(r) for r in checkpoint_roots())
             raise CheckpointError(f"no checkpoints found under {roots}; pass a checkpoint directory")
-        for name, directory in names.items():
-            add(name, resolve_dir(directory))
     for spec in specs:
         path = Path(spec).expanduser()
         if path.is_dir() and not _is_checkpoint(path):
