@@ -69,10 +69,6 @@ class Dist:
         dist.all_gather(parts, tensor, group=self.group)
         return torch.cat(parts, dim)
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier(group=self.group)
-
     def on_main(self, action: Callable[[], Any]) -> None:
         """Run `action` (a save, a log write) on the main process only, and return on
         every process once it is done. If it failed there, every process raises: the
