@@ -2,15 +2,24 @@
 
 Without torchrun's environment (WORLD_SIZE unset or 1) everything here is a no-op and
 training runs as one process.
+
+Only DDP's gradient all-reduce runs on the training backend (NCCL on CUDA). Everything
+else here (stop decisions, the clock, losses, checkpoint state) is a few bytes per step
+and goes through a gloo group on CPU tensors, for two reasons: a CUDA tensor read back
+for a decision would stall the GPU every step, and NCCL cannot reduce CPU tensors.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+
+from charnet.errors import PeerFailed
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,8 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    group: Any = None
+    """The gloo group for CPU collectives; None means the default group (already gloo)."""
 
     @property
     def main(self) -> bool:
@@ -30,32 +41,54 @@ class Dist:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum `tensor` over all processes (in place) and return it."""
-        if self.active:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """True on every process if `flag` is true on any: decisions to stop must agree,
-        or the others would wait forever in the next collective."""
+    def sum(self, values: list[float]) -> list[float]:
+        """Elementwise sums over all processes (in float64, so character counts stay exact)."""
         if not self.active:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return t.tolist()
+
+    def max(self, values: list[float]) -> list[float]:
+        """Elementwise maxima over all processes. Every decision the loop takes (stop,
+        the learning rate from the clock) must be the same on every process: one that
+        stops while the others step leaves them waiting forever in DDP's all-reduce,
+        and different learning rates would make the replicas drift apart."""
+        if not self.active:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return t.tolist()
 
     def gather(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
-        """Concatenate every process' `tensor` along `dim`, in rank order."""
+        """Concatenate every process' `tensor` along `dim`, in rank order, on the CPU."""
+        tensor = tensor.detach().to("cpu").contiguous()
         if not self.active:
             return tensor
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous())
+        dist.all_gather(parts, tensor, group=self.group)
         return torch.cat(parts, dim)
 
-    def barrier(self) -> None:
+    def on_main(self, action: Callable[[], Any]) -> None:
+        """Run `action` (a save, a log write) on the main process only, and return on
+        every process once it is done. If it failed there, every process raises: the
+        main one its own error, the others `PeerFailed`, so a refused --out or a full
+        disk ends the whole job cleanly instead of leaving the other processes blocked
+        in their next collective (or exiting early, which makes torchrun kill the main
+        process mid-write)."""
+        error: BaseException | None = None
+        if self.main:
+            try:
+                action()
+            except Exception as e:  # noqa: BLE001  (re-raised below, after telling the others)
+                error = e
         if self.active:
-            dist.barrier()
+            message = [None if error is None else (str(error) or type(error).__name__)]
+            dist.broadcast_object_list(message, src=0, group=self.group)
+            if not self.main and message[0] is not None:
+                raise PeerFailed(message[0])
+        if error is not None:
+            raise error
 
 
 def from_env(device: str = "auto") -> Dist:
@@ -66,14 +99,20 @@ def from_env(device: str = "auto") -> Dist:
         return Dist()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Dist(rank, world, local_rank)
+    group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    return Dist(rank, world, local_rank, group)
 
 
 def shutdown() -> None:
+    """Leave the process group. Whatever still holds it (a DDP wrapper, through a
+    reference cycle) must be collected first: left to interpreter exit, the group's
+    gloo threads are destroyed out of order and abort the process (SIGABRT, "terminate
+    called without an active exception") instead of letting it exit with its code."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

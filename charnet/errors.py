@@ -34,3 +34,8 @@ class CorpusError(CharnetError):
 
 class CheckpointError(CharnetError):
     """A checkpoint is missing, damaged, of a newer format, or cannot be written."""
+
+
+class PeerFailed(CharnetError):
+    """Another process of a distributed run failed (and reported why itself); this one
+    stops too, without repeating the message."""

@@ -105,6 +105,11 @@ class StopSignals:
         self.requested: str | None = None
         self._saved: dict[int, object] = {}
 
+    @property
+    def code(self) -> int:
+        """The requested signal's number, 0 for none (what the processes agree on)."""
+        return signal.Signals[self.requested].value if self.requested else 0
+
     def _handle(self, signum, frame) -> None:
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -154,10 +159,12 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         torch.manual_seed(cfg.seed + self.dist.rank)  # but different dropout masks
         net: torch.nn.Module = self.model
-        if cfg.compile:
-            net = torch.compile(net)
         if self.dist.active:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            # Compiling the DDP wrapper (not the reverse) lets dynamo split the graph at
+            # DDP's gradient buckets, so communication still overlaps the backward pass.
+            net = torch.compile(net)
         self.net = net
 
         self.step, self.prior_elapsed = 0, 0.0
@@ -200,49 +207,64 @@ class Trainer:
                   f"{len(self.streams.data):,} characters, {self.streams.steps_per_epoch:,} steps per epoch, "
                   f"device {self.device}, unigram entropy {self.corpus.stats.unigram_bits(self.corpus.vocab.kind):.3f} bits/char")
         mon.start(f"step {self.step}", self.progress(self.prior_elapsed))
-        try:
-            with StopSignals() as signals:
+        with StopSignals() as signals:
+            try:
                 while True:
-                    done = self.progress(elapsed()) >= 1.0
-                    if dist.any(done or signals.requested is not None, self.device):
-                        stopped = "budget" if done else (signals.requested or "SIGINT")
+                    # One tiny collective per step: every process stops at the same step,
+                    # whichever of them got the signal, and schedules by the same clock.
+                    signum, now = dist.max([float(signals.code), elapsed()])
+                    done = self.progress(now) >= 1.0
+                    if done or signum:
+                        stopped = "budget" if done else signal.Signals(int(signum)).name
                         break
                     k = self.step % self.streams.steps_per_epoch
                     if k == 0:
                         self.carry = None  # a new epoch starts from the zero state
-                    lr = lr_at(cfg, self.step, self.progress(elapsed()))
+                    lr = lr_at(cfg, self.step, self.progress(now))
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     loss_sum += self._train_step(k)
                     self.step += 1
                     window_steps += 1
                     if self.step % cfg.log_every == 0:
-                        loss = float(loss_sum) / window_steps
+                        # The mean over every process' streams: the loss of the global batch.
+                        loss = dist.sum([float(loss_sum)])[0] / (window_steps * dist.world_size)
                         if not math.isfinite(loss):
                             raise CharnetError(f"training diverged (loss {loss} at step {self.step}); lower --lr")
-                        now = time.monotonic()
-                        mon.train(self.step, loss, lr, window_steps * chars_per_step / (now - window_start),
-                                  self.progress(elapsed()), elapsed(), self.step / self.streams.steps_per_epoch)
+                        t, e = time.monotonic(), elapsed()
+                        record = (self.step, loss, lr, window_steps * chars_per_step / (t - window_start),
+                                  self.progress(e), e, self.step / self.streams.steps_per_epoch)
+                        dist.on_main(lambda: mon.train(*record))
                         self.last_train = loss
                         loss_sum.zero_()
-                        window_steps, window_start = 0, now
+                        window_steps, window_start = 0, t
                     if self.step % cfg.eval_every == 0:
                         if self._evaluate_and_save(elapsed()):
                             stopped = "early stopping"
                             break
-        finally:
-            mon.stop()
-        final_val = None
-        if stopped in ("budget", "early stopping") and self.val is not None:
-            final_val = self._validate(self.val)
-            mon.print(f"final: val {final_val:.4f} nats/char, {bits(final_val):.4f} bits/char "
-                      f"over all {self._val_chars(self.val):,} validation characters")
-        self.last_val = final_val if final_val is not None else self.last_val
-        self._save("last", elapsed(), resume=True)
-        if self.dist.main:
-            mon.plot(f"charnet {self.model.config.cell} {self.model.config.layers}x{self.model.config.hidden}")
+            finally:
+                mon.stop()
+            # Still inside StopSignals: a signal now (torchrun forwards Ctrl-C to every
+            # process) must not kill one process in the middle of the final collectives.
+            final_val = None
+            if stopped in ("budget", "early stopping") and self.val is not None:
+                final_val = self._validate(self.val)
+                chars = self._val_chars(self.val)
+                mon.print(f"final: val {final_val:.4f} nats/char, {bits(final_val):.4f} bits/char "
+                          f"over all {chars:,} validation characters")
+            self.last_val = final_val if final_val is not None else self.last_val
+            self._save("last", elapsed(), resume=True)
+            title = f"charnet {self.model.config.cell} {self.model.config.layers}x{self.model.config.hidden}"
+            dist.on_main(lambda: mon.plot(title))
         mon.close()
         return TrainResult(self.out, self.step, stopped, self.best_val, final_val, elapsed())
+
+    def close(self) -> None:
+        """Drop the DDP wrapper, which holds the process group, before it is destroyed
+        (see `charnet.distributed.shutdown`)."""
+        self.net = self.model
+        if self.cfg.compile:
+            torch._dynamo.reset()  # its caches hold the compiled module, and so the wrapper
 
     def _train_step(self, k: int) -> torch.Tensor:
         x, y = self.streams.batch(k)
@@ -262,12 +284,14 @@ class Trainer:
         return loss.detach()
 
     def _val_chars(self, streams: Streams) -> int:
-        return int(self.dist.sum(torch.tensor([len(streams) * streams.batch_size * streams.seq_len])).item())
+        return int(self.dist.sum([len(streams) * streams.batch_size * streams.seq_len])[0])
 
     def _validate(self, streams: Streams) -> float:
+        # A process may hold no validation streams (a split with fewer streams than
+        # processes); it still joins the sum, with nothing in it.
         total, count = evaluate(self.model, streams, self.device) if streams.batch_size else (0.0, 0)
-        t = self.dist.sum(torch.tensor([total, float(count)], dtype=torch.float64, device=self.device))
-        return float(t[0] / t[1])
+        total, count = self.dist.sum([total, float(count)])
+        return total / count
 
     def _evaluate_and_save(self, elapsed: float) -> bool:
         """Validate, save last (and best); True when patience has run out."""
@@ -280,7 +304,8 @@ class Trainer:
             self.best_val, self.best_step, self.evals_since_best = self.last_val, self.step, 0
         else:
             self.evals_since_best += 1
-        self.monitor.evaluation(self.step, self.last_val, elapsed, improved, self._val_chars(self.val_periodic))
+        chars, val = self._val_chars(self.val_periodic), self.last_val  # collective: outside on_main
+        self.dist.on_main(lambda: self.monitor.evaluation(self.step, val, elapsed, improved, chars))
         self._save("last", elapsed, resume=True)
         if improved:
             self._save("best", elapsed, resume=False)
@@ -309,24 +334,27 @@ class Trainer:
 
     def _save(self, name: str, elapsed: float, *, resume: bool) -> None:
         state = self._resume_state(elapsed) if resume else None  # collective: every rank
-        if self.dist.main:
-            save_checkpoint(self.out / name, self.model, self.corpus.vocab, self._info(elapsed), state)
-        self.dist.barrier()
+        info = self._info(elapsed)
+        # Every process waits for the write: none may run ahead (or exit, making torchrun
+        # kill the main process) while a checkpoint is half written.
+        self.dist.on_main(lambda: save_checkpoint(self.out / name, self.model, self.corpus.vocab, info, state))
 
     def _resume_state(self, elapsed: float) -> ResumeState:
         opt = self.optimizer.state_dict()
         tensors = {f"optim.{pid}.{key}": v for pid, st in opt["state"].items() for key, v in st.items()}
-        rng = torch.get_rng_state().to(self.device)
-        tensors["rng.cpu"] = self.dist.gather(rng.unsqueeze(0), 0).cpu()
+        # One RNG state per process (row = rank) and the carried state of every stream
+        # (batch dim in rank order), so any world size with the same streams can resume.
+        tensors["rng.cpu"] = self.dist.gather(torch.get_rng_state().unsqueeze(0), 0)
         if self.device.type == "cuda":
-            tensors["rng.cuda"] = self.dist.gather(torch.cuda.get_rng_state(self.device).to(self.device).unsqueeze(0), 0).cpu()
+            tensors["rng.cuda"] = self.dist.gather(torch.cuda.get_rng_state(self.device).unsqueeze(0), 0)
         if self.carry is not None:
             for i, s in enumerate(self.carry):
-                tensors[f"carry.{i}"] = self.dist.gather(s, 1)
+                # gloo gathers float32 on every build; bf16 -> float32 -> bf16 is exact.
+                tensors[f"carry.{i}"] = self.dist.gather(s.float(), 1).to(s.dtype)
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
         meta = {"step": self.step, "elapsed": elapsed, "best_val": self.best_val, "best_step": self.best_step,
                 "evals_since_best": self.evals_since_best, "last_val": self.last_val,
-                "world_size": self.dist.world_size, "param_groups": groups}
+                "world_size": self.dist.world_size, "batch_size": self.cfg.batch_size, "param_groups": groups}
         return ResumeState(tensors, meta)
 
     def _restore(self, state: ResumeState | None) -> None:
@@ -342,16 +370,21 @@ class Trainer:
         self.step, self.prior_elapsed = meta["step"], meta["elapsed"]
         self.best_val, self.best_step = meta["best_val"], meta["best_step"]
         self.evals_since_best, self.last_val = meta["evals_since_best"], meta["last_val"]
-        same_layout = meta["world_size"] == self.dist.world_size
-        if same_layout:
-            torch.set_rng_state(tensors["rng.cpu"][self.dist.rank].contiguous())
+        world, b, r = self.dist.world_size, self.cfg.batch_size, self.dist.rank
+        saved_world = meta.get("world_size", 1)
+        if saved_world == world:
+            torch.set_rng_state(tensors["rng.cpu"][r].contiguous())
             if self.device.type == "cuda" and "rng.cuda" in tensors:
-                torch.cuda.set_rng_state(tensors["rng.cuda"][self.dist.rank].contiguous(), self.device)
+                torch.cuda.set_rng_state(tensors["rng.cuda"][r].contiguous(), self.device)
+        else:
+            # Each process had its own dropout stream; with another number of processes
+            # there is no one to continue, so reseed per process and per step.
+            torch.manual_seed(self.cfg.seed + 1000 * self.step + r)
+        if saved_world * meta.get("batch_size", b) == world * b:
+            # The same global batch cuts the same streams, whatever the world size: take
+            # this process' slice of the carried state and continue exactly.
             if "carry.0" in tensors and self.step % self.streams.steps_per_epoch:
-                b, r = self.cfg.batch_size, self.dist.rank
                 self.carry = tuple(tensors[f"carry.{i}"][:, r * b:(r + 1) * b].to(self.device).contiguous()
                                    for i in range(self.model.config.state_tensors))
-        else:
-            # Another world size cuts the corpus into other streams: the carried state
-            # belongs to none of them, so restart it and reseed dropout per process.
-            torch.manual_seed(self.cfg.seed + 1000 * self.step + self.dist.rank)
+        # Otherwise the corpus is cut into other streams: the carried state belongs to
+        # none of them, and each stream starts from the zero state.

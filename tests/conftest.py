@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ class Result:
 
 def run_cli(*args: str | Path, env: dict | None = None, timeout: float = 300, cwd: Path | None = None) -> Result:
     """Run `python -m charnet ARGS` as a real subprocess."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+    # One thread: the models here are tiny, and two spinning OpenMP threads per process
+    # slow a busy 2-core machine down several times over.
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "charnet", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd)
     return Result(proc.returncode, proc.stdout, proc.stderr)
@@ -112,6 +115,55 @@ def assert_clean_error(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, saying why, where PyTorch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(*args: str | Path, nproc: int = 2, log_dir: Path | None = None) -> list[str]:
+    """`torchrun --nproc-per-node N -m charnet ARGS` on a loopback rendezvous, as the README
+    documents for several machines (here: one). With `log_dir`, each process' stdout and
+    stderr go to their own files (see `rank_logs`)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "charnet-test"]
+    if log_dir is not None:
+        cmd += ["--log-dir", str(log_dir), "--redirects", "3"]
+    return [*cmd, "-m", "charnet", *map(str, args)]
+
+
+def torchrun_env(env: dict | None = None) -> dict:
+    # One thread per process: two processes share CI's two cores. gloo on the loopback
+    # interface, whatever the machine's hostname resolves to.
+    extra = {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"} if sys.platform == "linux" else {"OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra, **(env or {})}
+
+
+def run_torchrun(*args: str | Path, nproc: int = 2, log_dir: Path | None = None, env: dict | None = None,
+                 timeout: float = 300) -> Result:
+    proc = subprocess.run(torchrun_command(*args, nproc=nproc, log_dir=log_dir), capture_output=True, text=True,
+                          env=torchrun_env(env), timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def rank_logs(log_dir: Path) -> dict[int, tuple[str, str]]:
+    """Local rank -> (stdout, stderr) of the processes torchrun started with `log_dir`."""
+    found = {}
+    for rank_dir in log_dir.glob("*/attempt_0/*"):
+        found[int(rank_dir.name)] = ((rank_dir / "stdout.log").read_text(), (rank_dir / "stderr.log").read_text())
+    return found
 
 
 # The serving fixtures (tiny checkpoints, in-process apps, real servers), for tests/server/

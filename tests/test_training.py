@@ -90,6 +90,14 @@ def _checkpoint_step(run_dir):
         return 0
 
 
+def _logged_step(run_dir):
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
+    except OSError:
+        return 0
+
+
 ARGS = [*TINY, "--hidden", "64", "--dropout", "0.2", "--max-steps", "300", "--eval-every", "20", "--seed", "5"]
 
 
@@ -126,8 +134,10 @@ def test_ctrl_c_saves_and_exits_cleanly(small_corpus, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "charnet", "train", str(small_corpus), *TINY, "--max-steps", "100000",
                              "--eval-every", "20", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    # Wait for a step logged after the step-20 checkpoint: last/ appearing is not enough,
+    # since best/ is written after it, and a signal during that write stops at step 20.
     deadline = time.monotonic() + 120
-    while _checkpoint_step(out) < 20 and time.monotonic() < deadline:
+    while _logged_step(out) <= 20 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
@@ -141,7 +151,7 @@ def test_default_corpus_beats_unigram_entropy_within_a_few_hundred_steps(tmp_pat
     """`charnet train` with no corpus trains on the bundled one and learns real structure."""
     result = run_cli("train", "--hidden", "128", "--embedding", "32", "--batch-size", "32", "--seq-len", "64",
                      "--lr", "1e-2", "--max-steps", "300", "--eval-every", "100", "--eval-chars", "20000",
-                     cwd=tmp_path)
+                     cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "runs" / "shakespeare-lstm"
     config = json.loads((run / "best" / "config.json").read_text())

@@ -8,6 +8,7 @@ code 2 and no traceback.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -19,7 +20,7 @@ except ImportError:  # older typer raises click's
     from click import ClickException as _UsageError
 
 from charnet import __version__
-from charnet.errors import CharnetError, ConfigError
+from charnet.errors import CharnetError, ConfigError, PeerFailed
 
 app = typer.Typer(
     name="charnet",
@@ -48,9 +49,18 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def _echoes_errors() -> bool:
+    """Under torchrun every process of a node runs the same command on the same files
+    and fails the same way; only the node's first process prints, so a bad option is
+    one line, not one per process. (What fails on the main process alone reaches the
+    others as `PeerFailed`, which prints nothing.)"""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def fail(message: str, command: str | None = None) -> None:
-    prefix = f"charnet {command}" if command else "charnet"
-    print(f"{prefix}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    if _echoes_errors():
+        prefix = f"charnet {command}" if command else "charnet"
+        print(f"{prefix}: error: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -70,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(0)
         ctx = getattr(e, "ctx", None)
         fail(e.format_message(), ctx.command_path.removeprefix("charnet").strip() if ctx else None)
+    except PeerFailed:
+        sys.exit(2)  # the process that failed has said why
     except ConfigError as e:
         fail(f"{option_name(e.field)}: {e.message}")
     except CharnetError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 from enum import Enum
 from pathlib import Path
@@ -112,15 +113,16 @@ def train(
         out = Path("runs") / f"{name or 'corpus'}-{model.value}"
 
     dist = from_env(device.value)
+    trainer = None
     try:
-        prepare_out_dir(out, resume=resume, force=force) if dist.main else None
-        dist.barrier()
+        # Only the main process touches --out; the others wait, and fail with it.
+        dist.on_main(lambda: prepare_out_dir(out, resume=resume, force=force))
         budgets = dict(max_steps=max_steps, epochs=epochs, max_time=parse_duration(max_time) if max_time else None)
         checkpoint = None
         if resume:
             checkpoint = load_checkpoint(out / "last", with_resume=True)
             saved = checkpoint.config
-            _check_unchanged(ctx, saved)
+            _check_unchanged(ctx, saved, dist.world_size)
             model_cfg = checkpoint.model.config
             base = TrainConfig.from_dict(saved["training"])
             # A new budget replaces the old one entirely, in one replace: an interim config
@@ -129,6 +131,8 @@ def train(
             overrides = {name: value for name, value in (("eval_every", eval_every), ("eval_chars", eval_chars),
                          ("patience", patience), ("device", device.value), ("compile", compile))
                          if _given(ctx, name)}
+            if _given(ctx, "batch_size"):  # _check_unchanged allowed it: the global batch is the run's
+                overrides["batch_size"] = batch_size
             train_cfg = dataclasses.replace(base, **given, **overrides)
             specs = specs or saved["corpus"].get("specs") or []
             corpus_data = load_corpus(specs, vocab=checkpoint.vocab, encoding=saved["corpus"]["encoding"],
@@ -150,10 +154,18 @@ def train(
             print(f"warning: skipped {len(corpus_data.skipped_binary)} binary files", file=sys.stderr)
         trainer = Trainer(corpus_data, model_cfg, train_cfg, out, dist=dist, resume=checkpoint)
         result = trainer.fit()
+        # The others wait for the report: a process that exits first with 130 makes
+        # torchrun stop the rest, which could cut the main one short.
+        dist.on_main(lambda: _report(result))
     finally:
+        if trainer is not None:
+            trainer.close()
+        if dist.active:
+            # Everything is saved and said. A process that exits non-zero first (130
+            # after Ctrl-C, 2 after an error) makes torchrun SIGTERM the others; let
+            # them finish leaving the group and exit with their own code instead.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         shutdown()
-    if dist.main:
-        _report(result)
     if result.stopped in ("SIGINT", "SIGTERM"):
         raise typer.Exit(130)
 
@@ -164,8 +176,10 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name == "COMMANDLINE"
 
 
-def _check_unchanged(ctx: typer.Context, saved: dict) -> None:
-    """On --resume, an explicitly given option that would change the run is an error."""
+def _check_unchanged(ctx: typer.Context, saved: dict, world_size: int) -> None:
+    """On --resume, an explicitly given option that would change the run is an error.
+    --batch-size may change with the number of processes, as long as the global batch
+    (batch size x processes) stays the run's: the streams, and so the run, are the same."""
     recorded = {**{opt: saved["model"][field] for opt, field in MODEL_OPTS.items()},
                 **{opt: saved["training"].get("warmup_steps" if opt == "warmup" else opt) for opt in FIXED_TRAIN_OPTS},
                 "tokenizer": saved["tokenizer"]["kind"], "encoding": saved["corpus"]["encoding"],
@@ -177,9 +191,22 @@ def _check_unchanged(ctx: typer.Context, saved: dict) -> None:
         new = new.value if isinstance(new, Enum) else new
         if opt == "separator":
             new = new.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        if opt == "batch_size":
+            old_world = saved["training"].get("world_size", 1)
+            global_batch = old * old_world
+            if new * world_size == global_batch:
+                continue
+            hint = (f"--batch-size {global_batch // world_size} keeps it" if global_batch % world_size == 0
+                    else f"drop --batch-size to keep {old} per process")
+            raise CharnetError(f"--resume: --batch-size {new} x {_processes(world_size)} changes the run's global batch "
+                               f"of {global_batch} ({old} x {_processes(old_world)}); {hint}")
         if new != old:
             flag = "--" + opt.replace("_", "-")
             raise CharnetError(f"--resume: {flag} {new!r} differs from the run's {old!r}; drop it, or start a new run")
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
 
 
 def _report(result) -> None:
