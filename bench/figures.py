@@ -1,0 +1,267 @@
+"""The figures a results JSON holds, and each target judged against them.
+
+The report reads the benchmarks this suite owns (flops, encode, quality) and
+`bench.sample_throughput` by their exact keys. `bench.train_throughput` and
+`bench.serve_load` are written on other branches, so their figures are found by
+name rather than by one fixed layout; what is looked for:
+
+- train_throughput, per cell (a key or path component ``rnn|lstm|peephole|gru``): the
+  trainer's rate (a key with ``trainer`` or ``charnet`` and ``chars``/``cps``/
+  ``throughput``, e.g. ``cells.lstm.trainer_chars_per_s``) and the bare loop's (the same
+  with ``bare``, ``naive``, ``plain``, ``baseline`` or ``pytorch``); the model shape from
+  the first object with a ``hidden`` key (``layers``, ``embedding``, ``vocab_size``).
+- serve_load: rows of a concurrency sweep, a list of objects with ``clients`` (or
+  ``concurrency``, ``users``, ``connections``) or an object keyed by client count, each
+  with an aggregate rate (``chars``/``throughput``/``cps``, e.g. ``chars_per_s``) and the
+  p99 time to first character (``p99`` with ``ttfc``/``ttft``/``first``; ``_ms`` or ``_s``).
+
+A figure not found is None, and the report says "not measured" for it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bench.flops import flops_per_char
+
+CELLS = ("rnn", "lstm", "peephole", "gru")
+RATE = {"chars", "cps", "throughput"}
+NOT_RATE = {"ratio", "vs", "speedup", "over", "fraction", "pct", "percent", "rounds"}
+TRAINER = {"trainer", "charnet"}
+BARE = {"bare", "naive", "plain", "baseline", "pytorch", "reference"}
+CLIENTS = ("clients", "concurrency", "users", "connections")
+LATENCY = {"p50", "p90", "p95", "p99", "ms", "latency", "ttfc", "ttft", "first", "mean", "median", "seconds"}
+DEFAULT_SHAPE = {"layers": 2, "hidden": 512, "embedding": 128, "vocab_size": 66}
+
+
+def tokens(path: tuple) -> set[str]:
+    return {t for part in path for t in re.split(r"[^a-z0-9]+", str(part).lower()) if t}
+
+
+def flatten(obj, path: tuple = ()) -> list[tuple[tuple, float]]:
+    """Every numeric leaf with the path of keys leading to it."""
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, (int, float)):
+        return [(path, float(obj))]
+    if isinstance(obj, dict):
+        return [leaf for k, v in obj.items() for leaf in flatten(v, path + (str(k),))]
+    if isinstance(obj, list):
+        return [leaf for i, v in enumerate(obj) for leaf in flatten(v, path + (i,))]
+    return []
+
+
+def pick(leaves, *need: set[str], avoid: set[str] = frozenset()) -> float | None:
+    """The value of the shortest path whose tokens meet every `need` set and no `avoid`."""
+    found = [(len(p), v) for p, v in leaves
+             if all(tokens(p) & n for n in need) and not tokens(p) & avoid and not any(isinstance(c, int) for c in p)]
+    return min(found)[1] if found else None
+
+
+def part(results: dict, name: str) -> dict | None:
+    """A benchmark's own JSON, when it ran and finished."""
+    record = results.get("parts", {}).get(name)
+    return record.get("data") if record and record.get("status") == "ok" else None
+
+
+def status_line(results: dict, name: str) -> str:
+    """Why a benchmark's figures are missing, in words."""
+    record = results.get("parts", {}).get(name)
+    if record is None:
+        return "not measured: not run"
+    if record["status"] == "not available":
+        return f"not measured: {record['module']} is not available in this checkout"
+    if record["status"] == "failed":
+        return f"not measured: {record['module']} failed (exit code {record.get('returncode')})"
+    return "not measured"
+
+
+def find_dict(obj, key: str) -> dict | None:
+    """The first object (breadth first) that has `key`."""
+    queue = [obj]
+    while queue:
+        item = queue.pop(0)
+        if isinstance(item, dict):
+            if key in item:
+                return item
+            queue.extend(item.values())
+        elif isinstance(item, list):
+            queue.extend(item)
+    return None
+
+
+# -- per benchmark ----------------------------------------------------------------------
+
+
+def train_figures(data: dict | None, flops: dict | None) -> dict:
+    """Per cell: trainer and bare-loop chars/s, their ratio, FLOPs per char and the %
+    of the measured square-matmul FLOP/s the trainer reaches."""
+    if not data:
+        return {}
+    leaves = [(p, v) for p, v in flatten(data) if "machine" not in p]
+    found = find_dict(data, "hidden")
+    shape = {**DEFAULT_SHAPE, **{k: found[k] for k in DEFAULT_SHAPE if found and isinstance(found.get(k), int)}}
+    if found and isinstance(found.get("vocab"), int):
+        shape["vocab_size"] = found["vocab"]
+    out = {}
+    for cell in CELLS:
+        own = [(p, v) for p, v in leaves if cell in tokens(p)]
+        trainer = pick(own, TRAINER, RATE, avoid=NOT_RATE | BARE)
+        bare = pick(own, BARE, RATE, avoid=NOT_RATE | TRAINER)
+        if trainer is None and bare is None:
+            continue
+        f = flops_per_char(cell, shape["layers"], shape["hidden"], shape["embedding"], shape["vocab_size"])
+        peak = flops.get("peak_gflops") if flops else None
+        out[cell] = {"trainer": trainer, "bare": bare,
+                     "ratio": trainer / bare if trainer and bare else None,
+                     "train_flops_per_char": f["training"],
+                     "pct_of_peak": 100 * trainer * f["training"] / (peak * 1e9) if trainer and peak else None,
+                     "bare_pct_of_peak": 100 * bare * f["training"] / (peak * 1e9) if bare and peak else None}
+    return {"cells": out, "shape": shape, "shape_found": found is not None}
+
+
+def _rows(data) -> list[tuple[int, dict]]:
+    """(clients, row) pairs of the first concurrency sweep found in `data`."""
+    queue = [data]
+    while queue:
+        item = queue.pop(0)
+        if isinstance(item, list) and item and all(isinstance(r, dict) for r in item):
+            key = next((k for k in CLIENTS if all(isinstance(r.get(k), int) for r in item)), None)
+            if key:
+                return [(r[key], r) for r in item]
+        if isinstance(item, dict):
+            if item and all(re.fullmatch(r"\d+", str(k)) and isinstance(v, dict) for k, v in item.items()):
+                return [(int(k), v) for k, v in item.items()]
+            queue.extend(item.values())
+        elif isinstance(item, list):
+            queue.extend(item)
+    return []
+
+
+def serve_figures(data: dict | None) -> list[dict]:
+    rows = []
+    for clients, row in sorted(_rows(data or {}), key=lambda r: r[0]):
+        leaves = flatten(row)
+        rate = pick(leaves, RATE, {"aggregate", "total"}, avoid=LATENCY | NOT_RATE) \
+            or pick(leaves, RATE, avoid=LATENCY | NOT_RATE)
+        p99 = None
+        for p, v in leaves:
+            t = tokens(p)
+            if "p99" in t and t & {"ttfc", "ttft", "first"}:
+                p99 = v if "ms" in t or not t & {"s", "sec", "seconds"} else v * 1000
+                break
+        rows.append({"clients": clients, "chars_per_s": rate, "ttfc_p99_ms": p99})
+    return rows
+
+
+def quality_best(data: dict | None, device: str) -> dict | None:
+    """The cell with the lowest final validation loss on `device`."""
+    runs = [r for r in (data or {}).get(device, {}).values() if r.get("final_val_loss") is not None]
+    return min(runs, key=lambda r: r["final_val_loss"]) if runs else None
+
+
+# -- targets ----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    measured: str = "not measured"
+    status: str = "not measured"
+    note: str = ""
+
+
+def _judge(target: Target, value: float | None, ok: bool | None, text: str, missing: str) -> Target:
+    if value is None:
+        target.note = missing
+        return target
+    target.measured, target.status = text, ("met" if ok else "not met")
+    return target
+
+
+def targets(results: dict) -> list[Target]:
+    train_data, flops = part(results, "train"), part(results, "flops")
+    train = train_figures(train_data, flops).get("cells", {})
+    sample, encode, quality = part(results, "sample"), part(results, "encode"), part(results, "quality")
+    serve = {r["clients"]: r for r in serve_figures(part(results, "serve"))}
+    out = []
+
+    lstm = train.get("lstm", {})
+    r = lstm.get("ratio")
+    out.append(_judge(Target("Trainer vs the bare PyTorch loop (lstm)", ">= 0.9x"), r, r is not None and r >= 0.9,
+                      f"{r:.2f}x" if r else "", status_line(results, "train")))
+    peep = train.get("peephole", {}).get("trainer")
+    r = peep / lstm["trainer"] if peep and lstm.get("trainer") else None
+    out.append(_judge(Target("Peephole vs lstm training speed", ">= 0.5x"), r, r is not None and r >= 0.5,
+                      f"{r:.2f}x" if r else "", status_line(results, "train")))
+
+    r = sample.get("single_vs_naive") if sample else None
+    out.append(_judge(Target("Single-stream sampling vs the naive loop", ">= 5x"), r, r is not None and r >= 5,
+                      f"{r:.1f}x" if r else "", status_line(results, "sample")))
+    r = sample.get("single_vs_bound") if sample else None
+    out.append(_judge(Target("Single-stream sampling vs the bandwidth bound", ">= 50%"), r,
+                      r is not None and r >= 0.5, f"{100 * r:.0f}%" if r else "", status_line(results, "sample")))
+
+    one, many = serve.get(1, {}).get("chars_per_s"), serve.get(64, {}).get("chars_per_s")
+    r = many / one if one and many else None
+    out.append(_judge(Target("Server aggregate at 64 clients vs 1 client", ">= 20x"), r, r is not None and r >= 20,
+                      f"{r:.1f}x" if r else "", status_line(results, "serve") if not serve else
+                      "not measured: no 1- and 64-client rows in serve_load's results"))
+    p99 = serve.get(64, {}).get("ttfc_p99_ms")
+    out.append(_judge(Target("p99 time to first character at 64 clients", "<= 100 ms"), p99,
+                      p99 is not None and p99 <= 100, f"{p99:.0f} ms" if p99 is not None else "",
+                      status_line(results, "serve") if not serve else "not measured: no 64-client p99 in serve_load's results"))
+
+    out.append(_quality_target(results, quality, "cpu"))
+    out.append(_quality_target(results, quality, "cuda"))
+
+    r = encode.get("cached_mb_per_s") if encode else None
+    out.append(_judge(Target("Cached corpus encoding", ">= 50 MB/s"), r, r is not None and r >= 50,
+                      f"{r:,.0f} MB/s" if r else "", status_line(results, "encode")))
+    if results.get("quick"):
+        for t in out:
+            if t.status != "not measured":
+                t.note = (t.note + "; " if t.note else "") + "quick run: small counts, indicative only"
+    return out
+
+
+def _quality_target(results: dict, quality: dict | None, device: str) -> Target:
+    cpu = device == "cpu"
+    t = Target("tinyshakespeare val loss, 15 min on a 2-core CPU" if cpu else "tinyshakespeare val loss, 10 min on one H100",
+               "<= 1.50 nats/char" if cpu else "<= 1.40 nats/char")
+    limit, budget_limit = (1.50, 900) if cpu else (1.40, 600)
+    if quality is None:
+        t.note = status_line(results, "quality")
+        return t
+    if quality.get("skipped"):
+        t.note = f"not measured: {quality['skipped']}"
+        return t
+    if not cpu and quality.get("cuda_skipped"):
+        t.note = f"not measured: no GPU was available ({quality['cuda_skipped']})"
+        return t
+    best = quality_best(quality, device)
+    if best is None:
+        t.note = "not measured: no run finished"
+        return t
+    text = f"{best['final_val_loss']:.3f} ({best['cell']}, {best['budget_s']:g} s)"
+    problems = []
+    if quality.get("quick"):
+        problems.append("a quick smoke run (tiny model)")
+    if not quality.get("corpus", {}).get("is_tinyshakespeare"):
+        problems.append("not the tinyshakespeare corpus")
+    if best["budget_s"] > budget_limit:
+        problems.append(f"a {best['budget_s']:g} s budget, over the target's {budget_limit} s")
+    if problems:
+        t.measured, t.note = text, "not comparable with the target: " + ", ".join(problems)
+        return t
+    t.measured, t.status = text, "met" if best["final_val_loss"] <= limit else "not met"
+    machine = results.get("machine", {})
+    if cpu and machine.get("cores") != 2:
+        t.note = f"measured on {machine.get('cores')} cores, not 2"
+    if not cpu:
+        gpu = (machine.get("gpu") or {}).get("name", "unknown GPU")
+        if "H100" not in gpu:
+            t.note = f"measured on {gpu}, not an H100"
+    return t
