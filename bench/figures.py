@@ -173,11 +173,14 @@ class Target:
     note: str = ""
 
 
-def _judge(target: Target, value: float | None, ok: bool | None, text: str, missing: str) -> Target:
+def _judge(name: str, goal: str, value: float | None, ok, fmt: str, missing: str) -> Target:
+    """A target met when `ok(value)`; "not measured" with the reason `missing` when
+    there is no value."""
+    target = Target(name, goal)
     if value is None:
         target.note = missing
-        return target
-    target.measured, target.status = text, ("met" if ok else "not met")
+    else:
+        target.measured, target.status = fmt.format(value), "met" if ok(value) else "not met"
     return target
 
 
@@ -186,40 +189,37 @@ def targets(results: dict) -> list[Target]:
     train = train_figures(train_data, flops).get("cells", {})
     sample, encode, quality = part(results, "sample"), part(results, "encode"), part(results, "quality")
     serve = {r["clients"]: r for r in serve_figures(part(results, "serve"))}
+    no_train, no_sample = status_line(results, "train"), status_line(results, "sample")
+    no_serve = status_line(results, "serve")
     out = []
 
     lstm = train.get("lstm", {})
-    r = lstm.get("ratio")
-    out.append(_judge(Target("Trainer vs the bare PyTorch loop (lstm)", ">= 0.9x"), r, r is not None and r >= 0.9,
-                      f"{r:.2f}x" if r else "", status_line(results, "train")))
+    out.append(_judge("Trainer vs the bare PyTorch loop (lstm)", ">= 0.9x", lstm.get("ratio"), lambda v: v >= 0.9,
+                      "{:.2f}x", no_train))
     peep = train.get("peephole", {}).get("trainer")
-    r = peep / lstm["trainer"] if peep and lstm.get("trainer") else None
-    out.append(_judge(Target("Peephole vs lstm training speed", ">= 0.5x"), r, r is not None and r >= 0.5,
-                      f"{r:.2f}x" if r else "", status_line(results, "train")))
+    out.append(_judge("Peephole vs lstm training speed", ">= 0.5x",
+                      peep / lstm["trainer"] if peep and lstm.get("trainer") else None, lambda v: v >= 0.5,
+                      "{:.2f}x", no_train))
 
-    r = sample.get("single_vs_naive") if sample else None
-    out.append(_judge(Target("Single-stream sampling vs the naive loop", ">= 5x"), r, r is not None and r >= 5,
-                      f"{r:.1f}x" if r else "", status_line(results, "sample")))
-    r = sample.get("single_vs_bound") if sample else None
-    out.append(_judge(Target("Single-stream sampling vs the bandwidth bound", ">= 50%"), r,
-                      r is not None and r >= 0.5, f"{100 * r:.0f}%" if r else "", status_line(results, "sample")))
+    sample = sample or {}
+    out.append(_judge("Single-stream sampling vs the naive loop", ">= 5x", sample.get("single_vs_naive"),
+                      lambda v: v >= 5, "{:.1f}x", no_sample))
+    out.append(_judge("Single-stream sampling vs the bandwidth bound", ">= 50%", sample.get("single_vs_bound"),
+                      lambda v: v >= 0.5, "{:.0%}", no_sample))
 
     one, many = serve.get(1, {}).get("chars_per_s"), serve.get(64, {}).get("chars_per_s")
-    r = many / one if one and many else None
-    out.append(_judge(Target("Server aggregate at 64 clients vs 1 client", ">= 20x"), r, r is not None and r >= 20,
-                      f"{r:.1f}x" if r else "", status_line(results, "serve") if not serve else
-                      "not measured: no 1- and 64-client rows in serve_load's results"))
-    p99 = serve.get(64, {}).get("ttfc_p99_ms")
-    out.append(_judge(Target("p99 time to first character at 64 clients", "<= 100 ms"), p99,
-                      p99 is not None and p99 <= 100, f"{p99:.0f} ms" if p99 is not None else "",
-                      status_line(results, "serve") if not serve else "not measured: no 64-client p99 in serve_load's results"))
+    out.append(_judge("Server aggregate at 64 clients vs 1 client", ">= 20x", many / one if one and many else None,
+                      lambda v: v >= 20, "{:.1f}x",
+                      "not measured: no 1- and 64-client rates in serve_load's results" if serve else no_serve))
+    out.append(_judge("p99 time to first character at 64 clients", "<= 100 ms", serve.get(64, {}).get("ttfc_p99_ms"),
+                      lambda v: v <= 100, "{:.0f} ms",
+                      "not measured: no 64-client p99 in serve_load's results" if serve else no_serve))
 
     out.append(_quality_target(results, quality, "cpu"))
     out.append(_quality_target(results, quality, "cuda"))
 
-    r = encode.get("cached_mb_per_s") if encode else None
-    out.append(_judge(Target("Cached corpus encoding", ">= 50 MB/s"), r, r is not None and r >= 50,
-                      f"{r:,.0f} MB/s" if r else "", status_line(results, "encode")))
+    out.append(_judge("Cached corpus encoding", ">= 50 MB/s", (encode or {}).get("cached_mb_per_s"),
+                      lambda v: v >= 50, "{:,.0f} MB/s", status_line(results, "encode")))
     if results.get("quick"):
         for t in out:
             if t.status != "not measured":
@@ -229,7 +229,7 @@ def targets(results: dict) -> list[Target]:
 
 def _quality_target(results: dict, quality: dict | None, device: str) -> Target:
     cpu = device == "cpu"
-    t = Target("tinyshakespeare val loss, 15 min on a 2-core CPU" if cpu else "tinyshakespeare val loss, 10 min on one H100",
+    t = Target("tinyshakespeare val loss, " + ("15 min on a 2-core CPU" if cpu else "10 min on one H100"),
                "<= 1.50 nats/char" if cpu else "<= 1.40 nats/char")
     limit, budget_limit = (1.50, 900) if cpu else (1.40, 600)
     if quality is None:

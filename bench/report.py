@@ -77,8 +77,8 @@ def header(results: dict, source: Path) -> list[str]:
 
 
 def targets_section(results: dict) -> list[str]:
-    rows = [[t.name, t.goal, t.measured, f"**{t.status}**" if t.status != "not measured" else t.status, t.note]
-            for t in targets(results)]
+    rows = [[t.name, t.goal, t.measured, f"**{t.status}**" if t.status != "not measured" else t.status,
+             t.note.removeprefix("not measured: ")] for t in targets(results)]
     return ["## Targets", "", *_table(["target", "goal", "measured", "status", "note"], rows)]
 
 
@@ -158,10 +158,10 @@ def train_section(results: dict, report: Path, plots_dir: Path, stem: str) -> li
               f"square-matmul FLOP/s ({_num(flops and flops.get('peak_gflops'), '.1f', ' GFLOP/s') or 'not measured'}).",
               ""]
     rows = [[cell, _num(f["bare"]), _num(f["trainer"]), _num(f["ratio"], ".2f", "x"),
-             _num(f["train_flops_per_char"] / 1e6, ".1f"), _num(f["pct_of_peak"], ".0f", "%")]
-            for cell, f in figs["cells"].items()]
+             _num(f["train_flops_per_char"] / 1e6, ".1f"), _num(f["bare_pct_of_peak"], ".0f", "%"),
+             _num(f["pct_of_peak"], ".0f", "%")] for cell, f in figs["cells"].items()]
     lines += _table(["cell", "bare loop chars/s", "trainer chars/s", "trainer / bare", "MFLOP/char (train)",
-                     "trainer % of matmul peak"], rows)
+                     "bare loop % of matmul peak", "trainer % of matmul peak"], rows)
     return lines + _image(plots.train(plots_dir / f"{stem}-train.png", figs["cells"]), report, "training throughput")
 
 
@@ -176,7 +176,8 @@ def sample_section(results: dict, report: Path, plots_dir: Path, stem: str) -> l
               f"{_num(data.get('mv_gb_per_s'), '.1f')} GB/s measured matrix-vector bandwidth.", ""]
     lines += _table(["", "chars/s", "ratio"], [
         ["naive eager loop", _num(data.get("naive_chars_per_s")), "1x"],
-        ["charnet, single stream", _num(data.get("single_chars_per_s")), _num(data.get("single_vs_naive"), ".1f", "x naive")],
+        ["charnet, single stream", _num(data.get("single_chars_per_s")),
+         _num(data.get("single_vs_naive"), ".1f", "x naive")],
         ["bandwidth bound, single stream", _num(data.get("bound_chars_per_s")),
          _num(100 * data["single_vs_bound"] if data.get("single_vs_bound") else None, ".0f", "% reached")]])
     batched = data.get("batched_chars_per_s") or {}
@@ -231,11 +232,14 @@ def flops_section(results: dict) -> list[str]:
     lines = ["## Machine yardsticks", ""]
     if data is None:
         return lines + [status_line(results, "flops"), ""]
-    lines += [f"float32, {data['threads']} threads.", ""]
+    lines += [f"float32, {data.get('threads')} threads. `square` is the machine's practical peak; the others are "
+              "the products of one training step of the default model.", ""]
     lines += _table(["matmul", "shape (m x k x n)", "GFLOP/s"],
-                    [[n, "x".join(map(str, m["shape"])), _num(m["gflops"], ".1f")] for n, m in data["matmul"].items()])
+                    [[n, "x".join(map(str, m["shape"])), _num(m["gflops"], ".1f")]
+                     for n, m in data.get("matmul", {}).items()])
     lines += _table(["matrix-vector", "matrix", "GB/s"],
-                    [[n, f"{m['bytes'] / 2**20:.1f} MiB", _num(m["gb_per_s"], ".1f")] for n, m in data["mv"].items()])
+                    [[n, f"{m['bytes'] / 2**20:.1f} MiB", _num(m["gb_per_s"], ".1f")]
+                     for n, m in data.get("mv", {}).items()])
     return lines
 
 

@@ -144,8 +144,27 @@ def test_targets_judged_and_missing_ones_not_measured():
     slow = {t.name: t for t in figures.targets(results_with(quality=quality_data(1.55)))}
     assert slow["tinyshakespeare val loss, 15 min on a 2-core CPU"].status == "not met"
     for data in (quality_data(1.2, budget=1800), quality_data(1.2, quick=True)):
-        t = {t.name: t for t in figures.targets(results_with(quality=data))}["tinyshakespeare val loss, 15 min on a 2-core CPU"]
+        judged = {t.name: t for t in figures.targets(results_with(quality=data))}
+        t = judged["tinyshakespeare val loss, 15 min on a 2-core CPU"]
         assert t.status == "not measured" and "not comparable" in t.note
+
+
+SERVE = {"sweep": [{"clients": n, "chars_per_s": 100.0 * n ** 0.8, "ttfc_p99_ms": 2.0 * n} for n in (1, 8, 64)]}
+TRAIN = {"cells": {c: {"trainer_chars_per_s": 900.0, "bare_chars_per_s": 1000.0} for c in ("lstm", "gru")}}
+
+
+def test_report_tables_and_plots(tmp_path):
+    results = results_with(quality=quality_data(1.45), serve=SERVE, train=TRAIN, flops={"peak_gflops": 50.0})
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results), encoding="utf-8")
+    text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
+    assert "| 64 | 2,786 | 27.9x | 128 ms |" in text
+    assert "| lstm | 1,000 | 900 | 0.90x | 20.6 |" in text
+    assert "(assumed: no shape in the results)" in text
+    for name in ("quality-cpu", "serve", "train"):
+        assert (tmp_path / "plots" / f"r-{name}.png").is_file(), name
+        assert f"](plots/r-{name}.png)" in text
+    assert not (tmp_path / "plots" / "r-quality-cuda.png").exists()
 
 
 def test_report_says_not_measured_for_parts_not_run(tmp_path):
@@ -158,7 +177,8 @@ def test_report_says_not_measured_for_parts_not_run(tmp_path):
     text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
     assert "bench.train_throughput is not available in this checkout" in text
     assert "bench.encode failed (exit code 1)" in text and "RuntimeError: boom" in text
-    assert "| tinyshakespeare val loss, 15 min on a 2-core CPU | <= 1.50 nats/char | 1.450 (lstm, 900 s) | **met** |" in text
+    assert ("| tinyshakespeare val loss, 15 min on a 2-core CPU | <= 1.50 nats/char | 1.450 (lstm, 900 s) "
+            "| **met** |") in text
     assert "## Serving under load\n\nnot measured: not run" in text
     assert (tmp_path / "plots" / "r-quality-cpu.png").is_file()
 
@@ -183,7 +203,8 @@ def test_quality_overrides_and_missing_corpus(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="not one of"):
         quality.parse_sets(["lstm.colour=blue"], ["lstm"])
     out = tmp_path / "q.json"
-    monkeypatch.setattr(sys, "argv", ["quality", "--quick", "--corpus", str(tmp_path / "absent.txt"), "--json", str(out)])
+    monkeypatch.setattr(sys, "argv", ["quality", "--quick", "--corpus", str(tmp_path / "absent.txt"),
+                                      "--json", str(out)])
     quality.main()
     data = json.loads(out.read_text(encoding="utf-8"))
     assert "corpus not available" in data["skipped"] and data["cpu"] == {}
