@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="where to write the report "
                      "[default: BENCHMARKS.md at the repository root]")
     run.add_argument("--runs", type=Path, help="keep the quality runs' directories here [default: discarded]")
+    run.add_argument("--timeout", type=float, default=1800, help="stop a benchmark (other than quality, bounded by "
+                     "its budget) after this many seconds [default: 1800]")
 
     rep = sub.add_parser("report", help="write the report from a results JSON")
     rep.add_argument("results", type=Path, help="a results JSON written by `python -m bench all`")

@@ -138,15 +138,19 @@ def run_cell(corpus: Path, cell: str, device: str, budget_s: float, hp: dict, ou
     print(f"quality: training {cell} on {device} for {budget_s:g}s: {' '.join(command[1:])}", flush=True)
     start = time.monotonic()
     with open(run / "train.log", "w", encoding="utf-8") as log:
-        # Generous: the budget, start-up, and scoring the whole split at the end.
-        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                              timeout=budget_s * 1.5 + 600)
+        try:
+            # Generous: the budget, start-up, and scoring the whole split at the end.
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                  timeout=budget_s * 1.5 + 600).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+            print(f"\nbench.quality: stopped after {budget_s * 1.5 + 600:g} s", file=log, flush=True)
     result = {"cell": cell, "device": device, "budget_s": budget_s, "hparams": hp, "command": command[1:],
-              "returncode": proc.returncode, "wall_s": time.monotonic() - start, **read_run(run)}
+              "returncode": code, "wall_s": time.monotonic() - start, **read_run(run)}
     result["parameters"] = parameters(result["model"])
-    if proc.returncode != 0 or result["final_val_loss"] is None:
+    if code != 0 or result["final_val_loss"] is None:
         result["error"] = (run / "train.log").read_text(encoding="utf-8", errors="replace")[-2000:]
-        print(f"quality: {cell} on {device} failed (exit {proc.returncode}):\n{result['error']}", flush=True)
+        print(f"quality: {cell} on {device} failed (exit {code}):\n{result['error']}", flush=True)
     else:
         print(f"quality: {cell} on {device}: val {result['final_val_loss']:.4f} nats/char "
               f"({result['final_val_bpc']:.4f} bits/char) after {result['elapsed_s']:.0f}s, {result['steps']} steps, "

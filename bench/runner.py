@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -71,21 +73,42 @@ def run_part(name: str, args, scratch: Path) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": os.environ.get("COLUMNS", "120")}
     start = time.monotonic()
     output: list[str] = []
+    # A session of its own, so a benchmark that hangs is stopped with everything it
+    # started (a server, its workers), and nothing else.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")
+                            errors="replace", start_new_session=True)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # The quality runs bound their own training subprocesses by their budgets.
+    timer = threading.Timer(args.timeout, stop) if args.timeout and name != "quality" else None
+    if timer:
+        timer.start()
     assert proc.stdout is not None
-    for line in proc.stdout:
-        print(f"   {line}", end="", flush=True)
-        output.append(line)
-    code = proc.wait()
+    try:
+        for line in proc.stdout:
+            print(f"   {line}", end="", flush=True)
+            output.append(line)
+        code = proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
     record = {"module": module, "command": cmd[1:], "returncode": code, "wall_s": round(time.monotonic() - start, 2),
               "log_tail": "".join(output)[-LOG_TAIL:]}
+    if timed_out.is_set():
+        record["error"] = f"stopped after the {args.timeout:g} s timeout"
     if json_path.exists():
         try:
             record["data"] = json.loads(json_path.read_text(encoding="utf-8"))
         except ValueError as e:
             record["error"] = f"unreadable JSON: {e}"
-    record["status"] = "ok" if code == 0 and "data" in record else "failed"
+    record["status"] = "ok" if code == 0 and "data" in record and "error" not in record else "failed"
     print(f"== {name}: {record['status']} in {record['wall_s']:.0f}s", flush=True)
     return record
 

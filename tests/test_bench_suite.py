@@ -8,8 +8,11 @@ report's handling of them are checked.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +85,32 @@ def test_missing_module_is_not_available(tmp_path, monkeypatch, capsys):
     record = runner.run_part("later", None, tmp_path)
     assert record == {"status": "not available", "module": "bench.does_not_exist_yet"}
     assert "later: not available" in capsys.readouterr().out
+
+
+def test_hung_benchmark_is_stopped_with_its_children(tmp_path, monkeypatch):
+    """A benchmark past --timeout is killed along with what it started, and recorded as failed."""
+    (tmp_path / "bench_hangs.py").write_text(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setitem(runner.PARTS, "hangs", "bench_hangs")
+    args = type("Args", (), {"quick": True, "timeout": 3.0})()
+    record = runner.run_part("hangs", args, tmp_path)
+    assert record["status"] == "failed" and "timeout" in record["error"]
+    grandchild = int(record["log_tail"].split()[0])
+    for _ in range(100):  # the kill is asynchronous; wait for the process to go
+        try:
+            os.kill(grandchild, 0)
+            if Path(f"/proc/{grandchild}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break  # killed, waiting for init to reap it
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the benchmark's child process outlived the timeout")
 
 
 # -- reading results --------------------------------------------------------------------
