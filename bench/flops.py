@@ -147,7 +147,7 @@ def main() -> None:
     result = measure(args.quick, args.rounds, args.size, args.batch, args.seq_len, args.hidden, args.embedding,
                      args.vocab)
     print(f"float32, {result['threads']} threads; caches: "
-          + ", ".join(f"{k} {v / 2**20:g} MiB" for k, v in result["caches"].items()))
+          + ", ".join(f"{k} {v / 2**10:g} KiB" for k, v in result["caches"].items()))
     for name, m in result["matmul"].items():
         print(f"mm {name:17s} {'x'.join(map(str, m['shape'])):>16s}  {m['gflops']:8.1f} GFLOP/s")
     for name, m in result["mv"].items():

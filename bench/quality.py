@@ -48,13 +48,14 @@ REFERENCES = {"nanogpt_gpu": 1.4697, "nanogpt_cpu": 1.88}
 TARGETS = {"cpu": {"val_loss": 1.50, "budget_s": 900}, "cuda": {"val_loss": 1.40, "budget_s": 600}}
 
 # A starting point for 15 minutes on 2 CPU cores, the same for every cell so their
-# losses compare at one shape (the lead tunes these on a quiet machine): a 2x512 model
-# at ~20 MFLOP per training character gets a few epochs of the 1 MB split in 15
-# minutes; dropout 0.2 because a few epochs over 1 MB already overfit a 3M-parameter
-# model; evaluating 30,000 characters every 100 steps costs a few percent of the budget
-# and gives a curve point every ~30 s.
+# losses compare at one shape (the lead tunes these on a quiet machine). A 2x512 lstm
+# costs ~20 MFLOP per training character (bench.flops), so at a few thousand chars/s
+# 15 minutes buys 2-3 epochs of the 1 MB split; dropout 0.2 because even that overfits
+# a 3.4M-parameter model late in the run. One step is 8,192 characters, a few seconds
+# on 2 cores: scoring 20,000 validation characters (plus saving last/) every 40 steps
+# gives a curve point every minute or two for ~3% of the budget.
 CPU_DEFAULTS = {"layers": 2, "hidden": 512, "embedding": 128, "dropout": 0.2, "seq_len": 128, "batch_size": 64,
-                "lr": 2e-3, "warmup": 100, "eval_every": 100, "eval_chars": 30_000}
+                "lr": 2e-3, "warmup": 100, "eval_every": 40, "eval_chars": 20_000}
 CPU_PER_CELL: dict[str, dict] = {"lstm": {}, "gru": {}, "peephole": {}}
 # On a GPU the same 10 minutes buys ~100x the characters: a wider model with more
 # dropout, longer windows and larger batches. Untested starting point: no GPU was at
@@ -166,7 +167,10 @@ def describe_corpus(path: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = "\n".join(f"{name}: " + " ".join(f"{k}={v}" for k, v in hp.items())
+                       for name, hp in (("CPU defaults", CPU_DEFAULTS), ("GPU defaults", GPU_DEFAULTS), ("--quick", QUICK)))
+    parser = argparse.ArgumentParser(description=__doc__, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", default="15m", help="training time per cell on the CPU [default: 15m]")
     parser.add_argument("--gpu-budget", default="10m", help="training time per cell on CUDA [default: 10m]")
     parser.add_argument("--cells", help="cells to train [default: lstm,gru,peephole; lstm with --quick]")
