@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "all":
-        return run_all(args)
+        try:
+            return run_all(args)
+        except KeyboardInterrupt:
+            print("bench: interrupted; nothing written", file=sys.stderr)
+            return 130
     from bench.report import write_report
 
     if not args.results.is_file():

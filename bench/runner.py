@@ -13,6 +13,7 @@ per benchmark, its status, command, wall time and its own JSON.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -59,10 +60,23 @@ def part_command(name: str, json_path: Path, args) -> list[str]:
     return cmd
 
 
+def _terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM the benchmark's process group, SIGKILL it if still there after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        if wait is not None:
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+
+
 def run_part(name: str, args, scratch: Path) -> dict:
     """Run one benchmark, echoing its output; its record for the results file."""
-    import json
-
     module = PARTS[name]
     if not available(module):
         print(f"== {name}: not available ({module} is not in this checkout)", flush=True)
@@ -96,6 +110,10 @@ def run_part(name: str, args, scratch: Path) -> dict:
             print(f"   {line}", end="", flush=True)
             output.append(line)
         code = proc.wait()
+    except BaseException:
+        # Ctrl-C reaches only the runner (the benchmark has its own session): stop it too.
+        _terminate(proc)
+        raise
     finally:
         if timer:
             timer.cancel()
