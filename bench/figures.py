@@ -1,19 +1,21 @@
 """The figures a results JSON holds, and each target judged against them.
 
-The report reads the benchmarks this suite owns (flops, encode, quality) and
-`bench.sample_throughput` by their exact keys. `bench.train_throughput` and
-`bench.serve_load` are written on other branches, so their figures are found by
-name rather than by one fixed layout; what is looked for:
+The report reads the benchmarks this suite owns (flops, encode, quality),
+`bench.sample_throughput` and `bench.serve_load` (its ``levels`` rows) by their keys.
+`bench.train_throughput` is written on another branch, and serve_load may change, so
+their figures are found by name rather than by one fixed layout. A rate is a key such
+as ``*_per_s``, ``*_per_second``, ``cps`` or ``throughput`` (not a count like ``chars``).
 
 - train_throughput, per cell (a key or path component ``rnn|lstm|peephole|gru``): the
-  trainer's rate (a key with ``trainer`` or ``charnet`` and ``chars``/``cps``/
-  ``throughput``, e.g. ``cells.lstm.trainer_chars_per_s``) and the bare loop's (the same
-  with ``bare``, ``naive``, ``plain``, ``baseline`` or ``pytorch``); the model shape from
+  trainer's rate (a rate key with ``trainer`` or ``charnet`` on its path, e.g.
+  ``cells.lstm.trainer_chars_per_s``) and the bare loop's (the same with ``bare``,
+  ``naive``, ``plain``, ``baseline``, ``pytorch`` or ``reference``); the model shape from
   the first object with a ``hidden`` key (``layers``, ``embedding``, ``vocab_size``).
 - serve_load: rows of a concurrency sweep, a list of objects with ``clients`` (or
   ``concurrency``, ``users``, ``connections``) or an object keyed by client count, each
-  with an aggregate rate (``chars``/``throughput``/``cps``, e.g. ``chars_per_s``) and the
-  p99 time to first character (``p99`` with ``ttfc``/``ttft``/``first``; ``_ms`` or ``_s``).
+  with an aggregate rate (``aggregate``/``total`` in its name, else the rate that is not
+  per client, e.g. ``chars_per_s``), the p99 time to first character (``p99`` with
+  ``ttfc``/``ttft``/``first``; ``_ms`` or ``_s``) and ``errors``.
 
 A figure not found is None, and the report says "not measured" for it.
 """
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 from bench.flops import flops_per_char
 
 CELLS = ("rnn", "lstm", "peephole", "gru")
-RATE = {"chars", "cps", "throughput"}
 NOT_RATE = {"ratio", "vs", "speedup", "over", "fraction", "pct", "percent", "rounds"}
 TRAINER = {"trainer", "charnet"}
 BARE = {"bare", "naive", "plain", "baseline", "pytorch", "reference"}
@@ -52,11 +53,19 @@ def flatten(obj, path: tuple = ()) -> list[tuple[tuple, float]]:
     return []
 
 
-def pick(leaves, *need: set[str], avoid: set[str] = frozenset()) -> float | None:
-    """The value of the shortest path whose tokens meet every `need` set and no `avoid`."""
-    found = [(len(p), v) for p, v in leaves
-             if all(tokens(p) & n for n in need) and not tokens(p) & avoid and not any(isinstance(c, int) for c in p)]
-    return min(found)[1] if found else None
+def is_rate(t: set[str]) -> bool:
+    """Whether a key names a rate: ``*_per_s``, ``*_per_second``, ``cps``, ``throughput``
+    (and not a count such as ``chars``)."""
+    return bool(t & {"cps", "throughput"}) or ("per" in t and bool(t & {"s", "sec", "second"}))
+
+
+def pick(leaves, *need: set[str], avoid: set[str] = frozenset(), rate: bool = True) -> float | None:
+    """The value of the shortest path (the first of equals, in document order) whose
+    tokens meet every `need` set and no `avoid`, and name a rate when `rate`."""
+    found = [v for p, v in sorted(leaves, key=lambda leaf: len(leaf[0]))
+             if all(tokens(p) & n for n in need) and not tokens(p) & avoid and (not rate or is_rate(tokens(p)))
+             and not any(isinstance(c, int) for c in p)]
+    return found[0] if found else None
 
 
 def part(results: dict, name: str) -> dict | None:
@@ -107,8 +116,8 @@ def train_figures(data: dict | None, flops: dict | None) -> dict:
     out = {}
     for cell in CELLS:
         own = [(p, v) for p, v in leaves if cell in tokens(p)]
-        trainer = pick(own, TRAINER, RATE, avoid=NOT_RATE | BARE)
-        bare = pick(own, BARE, RATE, avoid=NOT_RATE | TRAINER)
+        trainer = pick(own, TRAINER, avoid=NOT_RATE | BARE)
+        bare = pick(own, BARE, avoid=NOT_RATE | TRAINER)
         if trainer is None and bare is None:
             continue
         f = flops_per_char(cell, shape["layers"], shape["hidden"], shape["embedding"], shape["vocab_size"])
@@ -143,15 +152,17 @@ def serve_figures(data: dict | None) -> list[dict]:
     rows = []
     for clients, row in sorted(_rows(data or {}), key=lambda r: r[0]):
         leaves = flatten(row)
-        rate = pick(leaves, RATE, {"aggregate", "total"}, avoid=LATENCY | NOT_RATE) \
-            or pick(leaves, RATE, avoid=LATENCY | NOT_RATE)
+        # The aggregate rate: named so, or the rate that is not per client.
+        rate = pick(leaves, {"aggregate", "total"}, avoid=LATENCY | NOT_RATE) \
+            or pick(leaves, avoid=LATENCY | NOT_RATE | {"client", "clients", "stream"})
         p99 = None
         for p, v in leaves:
             t = tokens(p)
             if "p99" in t and t & {"ttfc", "ttft", "first"}:
                 p99 = v if "ms" in t or not t & {"s", "sec", "seconds"} else v * 1000
                 break
-        rows.append({"clients": clients, "chars_per_s": rate, "ttfc_p99_ms": p99})
+        errors = row.get("errors") if isinstance(row.get("errors"), int) else None
+        rows.append({"clients": clients, "chars_per_s": rate, "ttfc_p99_ms": p99, "errors": errors})
     return rows
 
 

@@ -139,7 +139,17 @@ def test_train_figures_found_in_either_layout(data):
     assert judged["Peephole vs lstm training speed"].measured == "0.67x"
 
 
+# bench.serve_load's own layout: counts, per-client rates and ratios beside the figures.
+SERVE_LOAD = {"model": "lstm-2x512", "chars_per_client": 400, "cpus": 2, "levels": [
+    {"clients": 1, "chars": 400, "wall_s": 4.0, "chars_per_s": 100.0, "per_client_chars_per_s": 100.0,
+     "ttfc_p50_ms": 4.0, "ttfc_p99_ms": 5.0, "errors": 0, "error_examples": [], "ratio_vs_1": 1.0},
+    {"clients": 64, "chars": 25600, "wall_s": 10.24, "chars_per_s": 2500.0, "per_client_chars_per_s": 39.1,
+     "ttfc_p50_ms": 90.0, "ttfc_p99_ms": 150.0, "errors": 0, "error_examples": [], "ratio_vs_1": 25.0}],
+    "rss_mb_before": 300.0, "rss_mb_after": 320.0, "targets": {"aggregate_64_vs_1_ge_20x": True}}
+
+
 @pytest.mark.parametrize("data", [
+    SERVE_LOAD,
     {"sweep": [{"clients": 1, "chars_per_s": 100.0, "ttfc_p99_ms": 5.0},
                {"clients": 64, "chars_per_s": 2500.0, "ttfc_p99_ms": 150.0}]},
     {"concurrency": {"1": {"aggregate_chars_per_s": 100.0, "ttfc": {"p50_s": 0.001, "p99_s": 0.005}},
@@ -187,7 +197,7 @@ def test_report_tables_and_plots(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(results), encoding="utf-8")
     text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
-    assert "| 64 | 2,786 | 27.9x | 128 ms |" in text
+    assert "| 64 | 2,786 | 27.9x | 128 ms | — |" in text
     assert "| lstm | 1,000 | 900 | 0.90x | 20.6 |" in text
     assert "(assumed: no shape in the results)" in text
     for name in ("quality-cpu", "serve", "train"):
