@@ -117,6 +117,9 @@ class Engine:
             seqs = batch.add(request, num_samples)
             while len(batch):
                 batch.step()
+        for seq in seqs:
+            if seq.error is not None:  # the batch isolated it; a lone caller wants it raised
+                raise seq.error
         done = [_completion(s) for s in seqs]
         return done[0] if num_samples == 1 else done
 
@@ -129,6 +132,8 @@ class Engine:
             batch.add(request)
             while len(batch):
                 for piece in batch.step():
+                    if piece.seq.error is not None:
+                        raise piece.seq.error
                     if piece.text:
                         yield piece.text
 

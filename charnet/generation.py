@@ -40,6 +40,9 @@ EMPTY_PROMPT = "\n\n"
 between documents, so an empty prompt starts a fresh document. It is not returned."""
 
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
+FINISH_ERROR = "error"
+"""A sequence whose own processing raised: it leaves the batch (its exception is in
+`Sequence.error`) and the other sequences carry on."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class Sequence:
         self._held_logprobs: list[CharLogprob] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if vocab.kind == "byte" else None
         self.cancelled = False
+        self.error: Exception | None = None
 
     @property
     def text(self) -> str:
@@ -277,7 +281,7 @@ class Batch:
         # Fill each freed row with the last active one: rows are independent, so
         # moving one changes nothing it computes.
         for seq in sorted(done, key=lambda s: s.row, reverse=True):
-            if seq.finish_reason != FINISH_CANCELLED and seq.tokens:
+            if seq.finish_reason not in (FINISH_CANCELLED, FINISH_ERROR) and seq.tokens:
                 # Remember the state after prompt and continuation (all but the last
                 # token, which was sampled but never fed): a follow-up request that
                 # sends them back primes only what it adds.
@@ -322,7 +326,11 @@ class Batch:
         token_list = tokens.tolist()
         pieces, done = [], []
         for seq, token, info in zip(self.seqs, token_list, infos):
-            piece = seq._accept(token, self.vocab.piece(token), info)
+            try:
+                piece = seq._accept(token, self.vocab.piece(token), info)
+            except Exception as e:  # one sequence's failure must not take the batch down
+                seq.error, seq.finish_reason = e, FINISH_ERROR
+                piece = Piece(seq, "", [], FINISH_ERROR)
             pieces.append(piece)
             if seq.finished:
                 done.append(seq)

@@ -112,3 +112,8 @@ def assert_clean_error(result: Result, *fragments: str) -> None:
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+# The serving fixtures (tiny checkpoints, in-process apps, real servers), for tests/server/
+# and tests/test_cli_serve.py alike; session-scoped ones are built once.
+from tests.serving import anyio_backend, checkpoint, make_app, models_dir, server, solo, start_server  # noqa: E402,F401

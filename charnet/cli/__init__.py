@@ -56,7 +56,7 @@ def fail(message: str, command: str | None = None) -> None:
 
 def cli_command() -> typer.core.TyperGroup:
     """The click command of the whole app, every subcommand registered."""
-    from charnet.cli import evaluate, export, sample, train  # noqa: F401  (importing registers them)
+    from charnet.cli import evaluate, export, sample, serve, train  # noqa: F401  (importing registers them)
 
     return typer.main.get_command(app)
 

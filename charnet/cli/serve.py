@@ -1,0 +1,123 @@
+"""`charnet serve`: run the HTTP server (see `charnet.server`)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from charnet.cli import app, fail
+from charnet.cli.train import Device
+from charnet.server.settings import API_KEY_ENV, Settings
+
+Opt = typer.Option
+D = Settings()
+
+
+def _is_checkpoint(path: Path) -> bool:
+    from charnet.checkpoint import resolve_dir
+    from charnet.errors import CheckpointError
+
+    try:
+        resolve_dir(path)
+        return True
+    except CheckpointError:
+        return False
+
+
+def resolve_models(specs: list[str]) -> dict[str, str]:
+    """Model name -> checkpoint directory for `charnet serve`'s arguments.
+
+    No argument: every checkpoint under the checkpoint roots. A checkpoint or run
+    directory: that model, named after the directory. A directory of such directories:
+    each of them. Anything else is looked up by name under the checkpoint roots.
+    """
+    from charnet.checkpoint import checkpoint_roots, find, read_config, resolve_dir
+    from charnet.errors import CheckpointError
+
+    found: dict[str, Path] = {}
+
+    def add(name: str, directory: Path) -> None:
+        if name in found and found[name] != directory:
+            raise CheckpointError(f"two models would be called {name!r} ({found[name]} and {directory}); "
+                                  "serve them from directories with different names")
+        found[name] = directory
+
+    if not specs:
+        # Checkpoint and run directories alike, under every root (earlier roots win).
+        for root in checkpoint_roots():
+            if root.is_dir():
+                for d in sorted(root.iterdir()):
+                    if d.is_dir() and not d.name.startswith(".") and d.name not in found and _is_checkpoint(d):
+                        found[d.name] = resolve_dir(d)
+        if not found:
+            roots = ", ".join(str(r) for r in checkpoint_roots())
+            raise CheckpointError(f"no checkpoints found under {roots}; pass a checkpoint directory")
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir() and not _is_checkpoint(path):
+            children = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                        and _is_checkpoint(d)]
+            if not children:
+                raise CheckpointError(f"{spec}: not a checkpoint, and holds no checkpoint directories")
+            for child in children:
+                add(child.name, resolve_dir(child))
+        elif path.exists():
+            add(path.resolve().name, resolve_dir(path))
+        else:
+            add(str(spec), find(spec))
+    for directory in found.values():
+        read_config(directory)  # a damaged checkpoint is one clear line now, not a worker crash later
+    return {name: str(directory.resolve()) for name, directory in found.items()}
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            reason = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+            fail(f"--host {host} --port {port}: {reason}", "serve")
+
+
+@app.command()
+def serve(
+    checkpoints: Annotated[Optional[list[str]], typer.Argument(
+        help="Checkpoint or run directories, directories holding several, or names under checkpoints/. "
+             "[default: every checkpoint under the checkpoint roots]", show_default=False)] = None,
+    host: Annotated[str, Opt(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    port: Annotated[int, Opt(min=1, max=65535, help="Port to listen on.")] = 8000,
+    max_concurrency: Annotated[int, Opt(min=1, help="Sequences generated at once per model (the batch); a "
+                                                    "request takes prompts x n.")] = D.max_concurrency,
+    max_queue: Annotated[int, Opt(min=0, help="Sequences that may wait for a slot per model; beyond, 429.")] = D.max_queue,
+    max_chars_cap: Annotated[int, Opt(min=1, help="Largest max_tokens / length a request may ask for.")] = D.max_chars_cap,
+    request_timeout: Annotated[float, Opt(min=0.001, help="Seconds a request may queue and generate in all "
+                                                          "(408 after).")] = D.request_timeout,
+    cache_mb: Annotated[float, Opt(min=0, help="Prompt-state cache per model, MiB (0: off).")] = D.cache_mb,
+    workers: Annotated[int, Opt(min=1, help="Worker processes on the one port, each with every model.")] = 1,
+    max_body_kb: Annotated[int, Opt(min=1, help="Largest request body, KiB (413 above).")] = D.max_body_bytes >> 10,
+    threads: Annotated[int, Opt(min=1, help="Torch threads per process for the model steps.")] = D.threads,
+    device: Annotated[Device, Opt(help="Device to run the models on.")] = Device.cpu,
+    log_level: Annotated[str, Opt(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve models over HTTP: OpenAI-compatible /v1/completions, /v1/generate, /v1/models,
+    /health, /ready, /metrics, docs at /docs. Set CHARNET_API_KEY to require a bearer key."""
+    import uvicorn
+
+    settings = Settings(models=resolve_models(checkpoints or []), device=device.value,
+                        max_concurrency=max_concurrency, max_queue=max_queue, max_chars_cap=max_chars_cap,
+                        request_timeout=request_timeout, cache_mb=cache_mb, max_body_bytes=max_body_kb << 10,
+                        threads=threads)
+    _check_port(host, port)
+    os.environ.update(settings.to_env())  # how worker processes get the settings
+    keyed = "with" if os.environ.get(API_KEY_ENV) else "without"
+    typer.echo(f"charnet serve: {', '.join(settings.models)} on http://{host}:{port} ({keyed} an API key)",
+               err=True)
+    uvicorn.run("charnet.server.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, timeout_graceful_shutdown=10)

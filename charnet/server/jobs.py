@@ -1,0 +1,135 @@
+"""What the generation routes share: validating settings into engine requests, admission
+(429), waiting for a whole result while watching for a disconnect, and streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from typing import AsyncIterator, Callable, Sequence as Seq
+
+from fastapi import Request
+
+from charnet.engine import Engine
+from charnet.errors import ConfigError
+from charnet.generation import GenerationRequest
+from charnet.server.deps import Model
+from charnet.server.errors import APIError
+from charnet.server.schemas import MAX_STOPS
+from charnet.server.scheduler import Job, Out, Overloaded, ShuttingDown
+
+LOGPROB_FLOOR = -9999.0
+"""What an impossible character's log-probability (-inf) is reported as: JSON has no
+infinity, and OpenAI-compatible servers use this value."""
+
+
+def finite(value: float) -> float:
+    return value if math.isfinite(value) else LOGPROB_FLOOR
+
+
+def engine_request(prompt: str, *, max_chars: int | None, cap: int, length_field: str, names: dict[str, str],
+                   **settings) -> GenerationRequest:
+    """A validated `GenerationRequest`, or a 400 naming the field as the client spelled it."""
+    if max_chars is not None and max_chars > cap:
+        raise APIError(400, f"{length_field}: {max_chars} is above this server's limit of {cap} "
+                            "(--max-chars-cap)", param=length_field, code="max_chars_exceeded")
+    stop = settings.get("stop")
+    if isinstance(stop, list) and len(stop) > MAX_STOPS:
+        raise APIError(400, f"stop: at most {MAX_STOPS} stop strings", param="stop")
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if max_chars is not None:
+        settings["max_chars"] = max_chars
+    try:
+        return Engine.request(prompt, **settings)
+    except ConfigError as e:
+        param = names.get(e.field, e.field)
+        raise APIError(400, f"{param}: {e.message}", param=param, code="invalid_value") from None
+
+
+def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, int]]) -> Job:
+    """Admit the request to the model's engine loop, or 429/503 at once."""
+    settings = http.app.state.charnet.settings
+    slots = sum(n for _, n in groups)
+    if slots > settings.max_concurrency:
+        raise APIError(400, f"n: this request needs {slots} sequences at once (prompts x n) but the server runs at "
+                            f"most {settings.max_concurrency} (--max-concurrency)", param="n", code="too_many_choices")
+    try:
+        job = model.scheduler.submit(groups)
+    except Overloaded:
+        raise APIError(429, f"model {model.name!r} is at capacity: {settings.max_concurrency} running and "
+                            f"{settings.max_queue} waiting; retry shortly", code="overloaded",
+                       headers={"Retry-After": "1"}) from None
+    except ShuttingDown:
+        raise APIError(503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "1"}) from None
+    job.metrics.prompt_chars.labels(model.name).inc(sum(len(r.prompt) * n for r, n in groups))
+    return job
+
+
+async def _disconnected(http: Request) -> None:
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def collect(http: Request, model: Model, job: Job) -> list[Out]:
+    """Every event of a non-streamed request. A client that disconnects meanwhile
+    cancels the generation at once (its slot frees before the next step)."""
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(http)
+        if not job.finished:
+            gone = True
+            model.scheduler.cancel(job)
+            job.metrics.disconnects.labels(model.name).inc()
+            job._deliver(Out(error=(499, "client disconnected"), end=True))
+
+    watcher = asyncio.create_task(watch())
+    events: list[Out] = []
+    try:
+        while batch := await job.next_events():
+            events += batch
+            job.emitted(sum(len(e.text) for e in batch))
+    except asyncio.CancelledError:
+        model.scheduler.cancel(job)
+        raise
+    finally:
+        watcher.cancel()
+    job.completed()
+    for event in events:
+        if event.error is not None:
+            status, message = event.error
+            raise APIError(status, message, code="client_disconnected" if gone else None)
+    return events
+
+
+async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]],
+                 error: Callable[[int, str], str], done: str | None) -> AsyncIterator[str]:
+    """The response body of a streamed request: `render` turns each batch of events
+    into zero or more frames. On the client going away (Starlette cancels this
+    generator) the generation is cancelled; on an error, an error frame then `done`."""
+    try:
+        while batch := await job.next_events():
+            failure = next((e.error for e in batch if e.error is not None), None)
+            frames = render([e for e in batch if e.error is None and not e.end])
+            job.emitted(sum(len(e.text) for e in batch))
+            if frames:
+                yield "".join(frames)
+            if failure is not None:
+                yield error(*failure)
+                break
+        job.completed()
+        if done is not None:
+            yield done
+    finally:
+        if not job.finished:
+            model.scheduler.cancel(job)
+            job.metrics.disconnects.labels(model.name).inc()
+
+
+def sse(data: dict | str) -> str:
+    """One Server-Sent Events frame."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {payload}\n\n"

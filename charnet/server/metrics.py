@@ -1,0 +1,103 @@
+"""Prometheus metrics, one registry per app (so apps in one process never mix counts).
+
+Per model: running and waiting requests, characters generated, time to first
+character, inter-character and end-to-end latency, client disconnects, timeouts, and
+the prompt-state cache's hits, misses, entries and bytes (read from the engines at
+scrape time). Per route: requests by status code, counted by an ASGI middleware.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Characters come every few milliseconds; first characters and whole requests take longer.
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class _CacheCollector(Collector):
+    """Prompt-cache statistics of every engine, read when scraped."""
+
+    def __init__(self, engines: Callable[[], Iterable[tuple[str, object]]]) -> None:
+        self.engines = engines
+
+    def collect(self):
+        hits = CounterMetricFamily("charnet_prompt_cache_hits", "Prompts primed from a cached state.", labels=["model"])
+        misses = CounterMetricFamily("charnet_prompt_cache_misses", "Prompts primed from scratch.", labels=["model"])
+        size = GaugeMetricFamily("charnet_prompt_cache_bytes", "Bytes held by the prompt-state cache.",
+                                 labels=["model"])
+        entries = GaugeMetricFamily("charnet_prompt_cache_entries", "States held by the prompt-state cache.",
+                                    labels=["model"])
+        for name, cache in self.engines():
+            hits.add_metric([name], cache.hits)
+            misses.add_metric([name], cache.misses)
+            size.add_metric([name], cache.bytes)
+            entries.add_metric([name], len(cache))
+        yield from (hits, misses, size, entries)
+
+
+class Metrics:
+    """The app's metrics and its registry."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter("charnet_http_requests", "HTTP requests answered, by route and status code.",
+                                     ["method", "route", "status"], registry=r)
+        self.running = Gauge("charnet_requests_running", "Requests generating now.", ["model"], registry=r)
+        self.waiting = Gauge("charnet_requests_waiting", "Requests waiting for a batch slot.", ["model"], registry=r)
+        self.batch_rows = Gauge("charnet_batch_sequences", "Sequences in the model's batch.", ["model"], registry=r)
+        self.chars = Counter("charnet_generated_chars", "Characters (tokens) generated.", ["model"], registry=r)
+        self.prompt_chars = Counter("charnet_prompt_chars", "Prompt characters (tokens) received.", ["model"],
+                                    registry=r)
+        self.ttfc = Histogram("charnet_time_to_first_char_seconds", "From a request's arrival to its first "
+                              "generated character.", ["model"], buckets=_SLOW, registry=r)
+        self.inter_char = Histogram("charnet_inter_char_seconds", "Time between successive characters of a "
+                                    "request, as handed to the client.", ["model"], buckets=_FAST, registry=r)
+        self.e2e = Histogram("charnet_request_duration_seconds", "A generation request from arrival to its last "
+                             "character.", ["model"], buckets=_SLOW, registry=r)
+        self.disconnects = Counter("charnet_client_disconnects", "Requests cancelled because the client went away.",
+                                   ["model"], registry=r)
+        self.timeouts = Counter("charnet_request_timeouts", "Requests stopped by --request-timeout.", ["model"],
+                                registry=r)
+        self.rejected = Counter("charnet_requests_rejected", "Requests refused with 429 (queue full).", ["model"],
+                                registry=r)
+        self.failures = Counter("charnet_generation_failures", "Generations that failed with an error.", ["model"],
+                                registry=r)
+
+    def watch_caches(self, engines: Callable[[], Iterable[tuple[str, object]]]) -> None:
+        self.registry.register(_CacheCollector(engines))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestCounter:
+    """ASGI middleware counting every HTTP response by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = scope.get("route")
+            # The template (/v1/models), never the raw path: unknown paths would explode
+            # the label space.
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_requests.labels(scope.get("method", ""), path, str(status[0])).inc()

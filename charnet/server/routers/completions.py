@@ -1,0 +1,149 @@
+"""`POST /v1/completions`: OpenAI's legacy completions API, streamed or not."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from charnet.server import jobs
+from charnet.server.deps import Model, ReadyState, lookup_model, require_key
+from charnet.server.errors import APIError
+from charnet.server.routers import ERRORS
+from charnet.server.scheduler import Job, Out
+from charnet.server.schemas import CompletionRequest, CompletionResponse
+
+router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[Depends(require_key)])
+
+NAMES = {"max_chars": "max_tokens"}  # engine field -> this API's field
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _refuse_unsupported(body: CompletionRequest) -> None:
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(body, name) not in (None, 0):
+            raise APIError(400, f"{name}: not supported by charnet; use repetition_penalty", param=name)
+    if body.logit_bias:
+        raise APIError(400, "logit_bias: not supported by charnet", param="logit_bias")
+    if body.suffix:
+        raise APIError(400, "suffix: not supported by charnet (insertion needs a bidirectional model)",
+                       param="suffix")
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise APIError(400, "best_of: only best_of equal to n is supported", param="best_of")
+
+
+class _Choices:
+    """Builds choices (whole, or as stream chunks) from engine events."""
+
+    def __init__(self, body: CompletionRequest, prompts: list[str], job: Job, vocab_kind: str) -> None:
+        self.body, self.prompts, self.job = body, prompts, job
+        self.n = body.n or 1
+        self.per_char = vocab_kind == "char"  # one log-probability per character of text
+        self.offsets = [len(self.prompt(i)) if body.echo else 0 for i in range(len(prompts) * self.n)]
+
+    def prompt(self, index: int) -> str:
+        return self.prompts[index // self.n]
+
+    def logprobs(self, index: int, events: list[Out], echo: bool) -> dict[str, Any] | None:
+        if self.body.logprobs is None:
+            return None
+        tokens, values, tops, offsets = [], [], [], []
+        if echo:  # prompt characters: shown, not scored
+            for k, ch in enumerate(self.prompt(index)):
+                tokens.append(ch), values.append(None), tops.append(None), offsets.append(k)
+        for event in events:
+            start = self.offsets[index]
+            for k, lp in enumerate(event.logprobs):
+                tokens.append(lp.text)
+                values.append(jobs.finite(lp.logprob))
+                top = {text: jobs.finite(v) for text, v in lp.top}
+                top.setdefault(lp.text, jobs.finite(lp.logprob))
+                tops.append(top)
+                offsets.append(start + k if self.per_char else start)
+            self.offsets[index] += len(event.text)
+        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+    def usage(self) -> dict[str, int]:
+        prompt = sum(self.job.seqs[g * self.n].prompt_tokens for g in range(len(self.prompts)))
+        completion = sum(seq.generated for seq in self.job.seqs)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def whole(self, events: list[Out]) -> list[dict[str, Any]]:
+        choices = []
+        for index in range(len(self.prompts) * self.n):
+            mine = [e for e in events if e.index == index]
+            text = "".join(e.text for e in mine)
+            finish = next((e.finish_reason for e in mine if e.finish_reason), None)
+            choices.append({"index": index, "text": (self.prompt(index) if self.body.echo else "") + text,
+                            "logprobs": self.logprobs(index, mine, bool(self.body.echo)),
+                            "finish_reason": finish})
+        return choices
+
+    def chunk_choices(self, events: list[Out]) -> list[dict[str, Any]]:
+        """One choice entry per choice index that had news, in index order."""
+        by_index: dict[int, list[Out]] = {}
+        for event in events:
+            by_index.setdefault(event.index, []).append(event)
+        return [{"index": index, "text": "".join(e.text for e in mine),
+                 "logprobs": self.logprobs(index, mine, False),
+                 "finish_reason": next((e.finish_reason for e in mine if e.finish_reason), None)}
+                for index, mine in sorted(by_index.items())]
+
+    def echo_choices(self) -> list[dict[str, Any]]:
+        return [{"index": i, "text": self.prompt(i), "logprobs": self.logprobs(i, [], True), "finish_reason": None}
+                for i in range(len(self.prompts) * self.n)]
+
+
+@router.post("/completions", response_model=CompletionResponse, responses={
+    200: {"description": "The completion; with `stream`, Server-Sent Events of chunks in the same shape, "
+                         "then `data: [DONE]`.",
+          "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **ERRORS})
+async def create_completion(body: CompletionRequest, http: Request, state: ReadyState) -> Any:
+    """Continue a prompt (OpenAI's legacy completions). One token is one character."""
+    model: Model = lookup_model(state, body.model)
+    _refuse_unsupported(body)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if not prompts:
+        raise APIError(400, "prompt: must be a string or a non-empty list of strings", param="prompt")
+    settings = state.settings
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    requests = [jobs.engine_request(p, max_chars=max_tokens, cap=settings.max_chars_cap, length_field="max_tokens",
+                                    names=NAMES, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+                                    repetition_penalty=body.repetition_penalty, seed=body.seed,
+                                    stop=body.stop if body.stop is not None else (), logprobs=body.logprobs)
+                for p in prompts]
+    job = jobs.submit(http, model, [(r, body.n or 1) for r in requests])
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": model.name}
+    choices = _Choices(body, prompts, job, model.engine.vocab.kind)
+    if not body.stream:
+        events = await jobs.collect(http, model, job)
+        return {**head, "choices": choices.whole(events), "usage": choices.usage()}
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    extra = {"usage": None} if include_usage else {}
+    echoed = [False]
+
+    def render(events: list[Out]) -> list[str]:
+        frames = []
+        if body.echo and not echoed[0]:
+            echoed[0] = True
+            frames.append(jobs.sse({**head, "choices": choices.echo_choices(), **extra}))
+        for choice in choices.chunk_choices(events):
+            frames.append(jobs.sse({**head, "choices": [choice], **extra}))
+        return frames
+
+    def error(status: int, message: str) -> str:
+        return jobs.sse(APIError(status, message).body())
+
+    async def body_stream():
+        async for frame in jobs.stream(model, job, render, error, done=None):
+            yield frame
+        if include_usage and job.finished and job.failed is None:
+            yield jobs.sse({**head, "choices": [], "usage": choices.usage()})
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body_stream(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,41 @@
+"""Liveness, readiness and Prometheus metrics: open even when an API key is set, so
+load balancers and scrapers need no secret."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from charnet.server.deps import State
+from charnet.server.routers import ERRORS
+from charnet.server.schemas import Health
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=Health)
+async def health() -> Health:
+    """Liveness: 200 while the process serves HTTP at all."""
+    return Health(status="ok", pid=os.getpid())
+
+
+@router.get("/ready", response_model=Health, responses={503: ERRORS[503]})
+async def ready(state: State) -> Response:
+    """Readiness: 200 once every model is loaded and its engine loop runs; 503 before
+    that, while shutting down, or if an engine loop has died. Route traffic on this."""
+    alive = state.ready and all(m.scheduler.alive for m in state.models.values())
+    if not alive:
+        return JSONResponse({"error": {"message": "not ready: models loading, an engine loop down, or shutting "
+                                                  "down", "type": "server_error", "param": None,
+                                       "code": "not_ready"}}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(Health(status="ready", models=list(state.models), pid=os.getpid()).model_dump())
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
+                                                                   "description": "Prometheus text format."}})
+async def metrics(state: State) -> Response:
+    """Prometheus metrics of this process (this replica, this worker)."""
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,48 @@
+"""Server settings: one validated object, passed to uvicorn workers through the environment.
+
+`charnet serve` builds `Settings` from its options; `create_app()` with no argument reads
+them back from ``CHARNET_SERVE_SETTINGS`` (JSON), which is how ``--workers N`` hands them
+to worker processes that uvicorn starts by import string. The API key never goes into
+that JSON: it is read from ``CHARNET_API_KEY`` in every process, so it stays out of
+command lines and logs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SETTINGS_ENV = "CHARNET_SERVE_SETTINGS"
+API_KEY_ENV = "CHARNET_API_KEY"
+
+
+class Settings(BaseModel):
+    """Everything a server process needs to know."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: dict[str, str] = Field(default_factory=dict, description="Model name -> checkpoint directory.")
+    device: str = Field("cpu", description="Device the models run on.")
+    max_concurrency: int = Field(64, ge=1, description="Sequences generated at once per model (the batch).")
+    max_queue: int = Field(256, ge=0, description="Sequences that may wait for a slot per model before 429.")
+    max_chars_cap: int = Field(4096, ge=1, description="Largest max_tokens / length a request may ask for.")
+    request_timeout: float = Field(600.0, gt=0, description="Seconds a request may wait and generate in all.")
+    cache_mb: float = Field(64.0, ge=0, description="Prompt-state cache size per model, in MiB.")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body accepted (413 above).")
+    threads: int = Field(1, ge=1, description="Torch threads for the engine loops.")
+    api_key: str | None = Field(None, exclude=True, repr=False,
+                                description=f"Bearer key required on /v1 (from ${API_KEY_ENV}).")
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that let `from_env` rebuild these settings (no key)."""
+        return {SETTINGS_ENV: self.model_dump_json()}
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from ``CHARNET_SERVE_SETTINGS`` (defaults when unset) and the key
+        from ``CHARNET_API_KEY``."""
+        raw = os.environ.get(SETTINGS_ENV)
+        base = cls.model_validate_json(raw) if raw else cls()
+        key = os.environ.get(API_KEY_ENV) or None
+        return base.model_copy(update={"api_key": key})
