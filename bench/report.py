@@ -65,6 +65,11 @@ def header(results: dict, source: Path) -> list[str]:
         lines += ["> **Quick smoke run** (`--quick`): small sizes, one round and a tiny model. The figures show the "
                   "machinery works; they are not the project's performance figures.", ""]
     load = m.get("load_average")
+    # Only the load at the start is other work's: later readings include the suite's own.
+    if load and m.get("cores") and load[0] > 0.5 * m["cores"]:
+        lines += [f"> **Busy machine**: a 1-minute load average of {load[0]:.1f} on {m['cores']} cores before the "
+                  "suite started. Other work competed for the CPU, so speeds here are lower, and noisier, than "
+                  "the machine's.", ""]
     lines += _table(["machine", ""], [
         ["CPU", f"{m.get('cpu')}, {m.get('cores')} cores"], ["RAM", _gb(m.get("ram_bytes"))],
         ["GPU", f"{gpu['name']} x{gpu['count']}" if gpu else "none (CUDA not available)"],

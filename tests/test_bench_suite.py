@@ -199,7 +199,7 @@ def test_report_tables_and_plots(tmp_path):
     text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
     assert "| 64 | 2,786 | 27.9x | 128 ms | — |" in text
     assert "| lstm | 1,000 | 900 | 0.90x | 20.6 |" in text
-    assert "(assumed: no shape in the results)" in text
+    assert "(assumed: no shape in the results)" in text and "Busy machine" not in text
     for name in ("quality-cpu", "serve", "train"):
         assert (tmp_path / "plots" / f"r-{name}.png").is_file(), name
         assert f"](plots/r-{name}.png)" in text
@@ -208,6 +208,7 @@ def test_report_tables_and_plots(tmp_path):
 
 def test_report_says_not_measured_for_parts_not_run(tmp_path):
     results = results_with(quality=quality_data(1.45))
+    results["machine"]["load_average"] = [3.0, 2.5, 2.0]  # other work on the 2 cores
     results["parts"]["train"] = {"status": "not available", "module": "bench.train_throughput"}
     results["parts"]["encode"] = {"status": "failed", "module": "bench.encode", "returncode": 1,
                                   "log_tail": "Traceback\nRuntimeError: boom\n", "command": ["-m", "bench.encode"]}
@@ -215,6 +216,7 @@ def test_report_says_not_measured_for_parts_not_run(tmp_path):
     path.write_text(json.dumps(results), encoding="utf-8")
     text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
     assert "bench.train_throughput is not available in this checkout" in text
+    assert "**Busy machine**: a 1-minute load average of 3.0 on 2 cores" in text
     assert "bench.encode failed (exit code 1)" in text and "RuntimeError: boom" in text
     assert ("| tinyshakespeare val loss, 15 min on a 2-core CPU | <= 1.50 nats/char | 1.450 (lstm, 900 s) "
             "| **met** |") in text
