@@ -1,0 +1,251 @@
+"""The benchmark suite: a quick end-to-end run of `python -m bench all`, and the report's
+reading of results (figures found, targets judged, "not measured" where nothing was).
+
+No timing assertions: the figures depend on the machine; only their presence and the
+report's handling of them are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import figures, quality, runner
+from bench.flops import GATES, flops_per_char
+from bench.report import write_report
+from tests.conftest import ROOT
+
+TARGET_NAMES = [
+    "Trainer vs the bare PyTorch loop (lstm)", "Peephole vs lstm training speed",
+    "Single-stream sampling vs the naive loop", "Single-stream sampling vs the bandwidth bound",
+    "Server aggregate at 64 clients vs 1 client", "p99 time to first character at 64 clients",
+    "tinyshakespeare val loss, 15 min on a 2-core CPU", "tinyshakespeare val loss, 10 min on one H100",
+    "Cached corpus encoding",
+]
+
+
+def test_quick_suite_end_to_end(tmp_path):
+    """`python -m bench all --quick` writes a results JSON with every part's figures and
+    a report; `python -m bench report` regenerates the same report from the JSON."""
+    out, report = tmp_path / "results", tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "-m", "bench", "all", "--quick", "--budget", "20s",
+                           "--only", "encode,flops,quality,sample", "--out", str(out), "--report", str(report)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [path] = out.glob("*.json")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    assert results["quick"] is True
+    for key in ("cpu", "cores", "ram_bytes", "torch", "threads", "date", "git_commit", "load_average"):
+        assert key in results["machine"], key
+    assert list(results["parts"]) == ["flops", "encode", "sample", "quality"]
+    parts = {name: r["data"] for name, r in results["parts"].items() if r["status"] == "ok"}
+    assert set(parts) == {"flops", "encode", "sample", "quality"}, {n: r["status"] for n, r in results["parts"].items()}
+
+    enc = parts["encode"]
+    assert enc["cached_mb_per_s"] > 0 and enc["cold_mb_per_s"] > 0 and len(enc["sizes"]) == 2
+    for size in enc["sizes"].values():
+        assert size["cold"]["peak_rss_bytes"] > 0 and size["cached"]["cache_hit"] and not size["cold"]["cache_hit"]
+    assert enc["reference"]["tokenizers_mb_per_s"] > 0 and enc["reference"]["non_ascii_fraction"] > 0.01
+    assert parts["flops"]["peak_gflops"] > 0 and parts["flops"]["mv"]["beyond_cache"]["gb_per_s"] > 0
+    assert parts["sample"]["single_vs_naive"] > 0
+    q = parts["quality"]
+    if not q.get("skipped"):  # the shared corpus is beside the repository root
+        run = q["cpu"]["lstm"]
+        assert run["returncode"] == 0 and run["final_val_loss"] > 0 and run["budget_s"] == 20
+        assert q["corpus"]["is_tinyshakespeare"] and ("cuda_skipped" in q or q["cuda"])
+
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmarks") and "Quick smoke run" in text
+    for name in TARGET_NAMES:
+        assert f"| {name} |" in text, name
+    assert "## Model quality" in text and "## Sampling speed" in text and "## Corpus encoding" in text
+    assert any(out.glob("*-sample.png"))
+
+    again = tmp_path / "again.md"
+    proc = subprocess.run([sys.executable, "-m", "bench", "report", str(path), "--report", str(again)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert again.read_text(encoding="utf-8").split("\n", 3)[3] == text.split("\n", 3)[3]  # past the source line
+
+
+def test_unknown_benchmark_is_an_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench", "all", "--only", "nope", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "unknown benchmark nope" in proc.stderr
+
+
+def test_missing_module_is_not_available(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(runner.PARTS, "later", "bench.does_not_exist_yet")
+    record = runner.run_part("later", None, tmp_path)
+    assert record == {"status": "not available", "module": "bench.does_not_exist_yet"}
+    assert "later: not available" in capsys.readouterr().out
+
+
+def test_hung_benchmark_is_stopped_with_its_children(tmp_path, monkeypatch):
+    """A benchmark past --timeout is killed along with what it started, and recorded as failed."""
+    (tmp_path / "bench_hangs.py").write_text(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setitem(runner.PARTS, "hangs", "bench_hangs")
+    args = type("Args", (), {"quick": True, "timeout": 3.0})()
+    record = runner.run_part("hangs", args, tmp_path)
+    assert record["status"] == "failed" and "timeout" in record["error"]
+    grandchild = int(record["log_tail"].split()[0])
+    for _ in range(100):  # the kill is asynchronous; wait for the process to go
+        try:
+            os.kill(grandchild, 0)
+            if Path(f"/proc/{grandchild}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break  # killed, waiting for init to reap it
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the benchmark's child process outlived the timeout")
+
+
+# -- reading results --------------------------------------------------------------------
+
+
+def results_with(**parts) -> dict:
+    return {"machine": {"cpu": "test cpu", "cores": 2, "gpu": None}, "quick": False,
+            "parts": {name: {"status": "ok", "module": f"bench.{name}", "data": data} for name, data in parts.items()}}
+
+
+@pytest.mark.parametrize("data", [
+    {"cells": {"lstm": {"trainer_chars_per_s": 900.0, "bare_chars_per_s": 1000.0},
+               "peephole": {"trainer_chars_per_s": 600.0, "bare_chars_per_s": 700.0, "trainer_vs_bare": 0.857}},
+     "shape": {"layers": 2, "hidden": 512, "embedding": 128, "vocab_size": 66}},
+    {"results": [{"cell": "x"}], "lstm": {"charnet": {"chars_per_s": 900.0}, "bare": {"chars_per_s": 1000.0},
+                                          "rounds": {"charnet": [1.0, 2.0]}},
+     "peephole": {"charnet": {"chars_per_s": 600.0}, "bare": {"chars_per_s": 700.0}}},
+])
+def test_train_figures_found_in_either_layout(data):
+    figs = figures.train_figures(data, {"peak_gflops": 100.0})
+    lstm = figs["cells"]["lstm"]
+    assert (lstm["trainer"], lstm["bare"]) == (900.0, 1000.0) and lstm["ratio"] == pytest.approx(0.9)
+    assert lstm["pct_of_peak"] == pytest.approx(100 * 900 * flops_per_char("lstm", 2, 512, 128, 66)["training"] / 1e11)
+    judged = {t.name: t for t in figures.targets(results_with(train=data, flops={"peak_gflops": 100.0}))}
+    assert judged["Trainer vs the bare PyTorch loop (lstm)"].status == "met"
+    assert judged["Peephole vs lstm training speed"].measured == "0.67x"
+
+
+# bench.serve_load's own layout: counts, per-client rates and ratios beside the figures.
+SERVE_LOAD = {"model": "lstm-2x512", "chars_per_client": 400, "cpus": 2, "levels": [
+    {"clients": 1, "chars": 400, "wall_s": 4.0, "chars_per_s": 100.0, "per_client_chars_per_s": 100.0,
+     "ttfc_p50_ms": 4.0, "ttfc_p99_ms": 5.0, "errors": 0, "error_examples": [], "ratio_vs_1": 1.0},
+    {"clients": 64, "chars": 25600, "wall_s": 10.24, "chars_per_s": 2500.0, "per_client_chars_per_s": 39.1,
+     "ttfc_p50_ms": 90.0, "ttfc_p99_ms": 150.0, "errors": 0, "error_examples": [], "ratio_vs_1": 25.0}],
+    "rss_mb_before": 300.0, "rss_mb_after": 320.0, "targets": {"aggregate_64_vs_1_ge_20x": True}}
+
+
+@pytest.mark.parametrize("data", [
+    SERVE_LOAD,
+    {"sweep": [{"clients": 1, "chars_per_s": 100.0, "ttfc_p99_ms": 5.0},
+               {"clients": 64, "chars_per_s": 2500.0, "ttfc_p99_ms": 150.0}]},
+    {"concurrency": {"1": {"aggregate_chars_per_s": 100.0, "ttfc": {"p50_s": 0.001, "p99_s": 0.005}},
+                     "64": {"aggregate_chars_per_s": 2500.0, "ttfc": {"p50_s": 0.05, "p99_s": 0.15}}}},
+])
+def test_serve_figures_found_in_either_layout(data):
+    rows = figures.serve_figures(data)
+    assert [(r["clients"], r["chars_per_s"]) for r in rows] == [(1, 100.0), (64, 2500.0)]
+    assert rows[1]["ttfc_p99_ms"] == pytest.approx(150.0)
+    judged = {t.name: t for t in figures.targets(results_with(serve=data))}
+    assert judged["Server aggregate at 64 clients vs 1 client"].status == "met"
+    assert judged["p99 time to first character at 64 clients"].status == "not met"
+
+
+def quality_data(loss: float, budget: float = 900, quick: bool = False) -> dict:
+    run = {"cell": "lstm", "budget_s": budget, "final_val_loss": loss, "final_val_bpc": loss / 0.693,
+           "val_curve": [{"elapsed_s": 10.0, "step": 100, "val_loss": loss + 0.5}], "hparams": {}}
+    return {"quick": quick, "corpus": {"is_tinyshakespeare": True, "path": "tinyshakespeare.txt", "chars": 1115394},
+            "cpu": {"lstm": run}, "cuda": {}, "cuda_skipped": "no CUDA device on this machine"}
+
+
+def test_targets_judged_and_missing_ones_not_measured():
+    judged = {t.name: t for t in figures.targets(results_with(quality=quality_data(1.45)))}
+    assert set(judged) == set(TARGET_NAMES)
+    assert judged["tinyshakespeare val loss, 15 min on a 2-core CPU"].status == "met"
+    gpu = judged["tinyshakespeare val loss, 10 min on one H100"]
+    assert gpu.status == "not measured" and "no GPU was available" in gpu.note
+    for name in ("Trainer vs the bare PyTorch loop (lstm)", "Cached corpus encoding",
+                 "Server aggregate at 64 clients vs 1 client"):
+        assert judged[name].status == "not measured" and "not run" in judged[name].note
+    slow = {t.name: t for t in figures.targets(results_with(quality=quality_data(1.55)))}
+    assert slow["tinyshakespeare val loss, 15 min on a 2-core CPU"].status == "not met"
+    for data in (quality_data(1.2, budget=1800), quality_data(1.2, quick=True)):
+        judged = {t.name: t for t in figures.targets(results_with(quality=data))}
+        t = judged["tinyshakespeare val loss, 15 min on a 2-core CPU"]
+        assert t.status == "not measured" and "not comparable" in t.note
+
+
+SERVE = {"sweep": [{"clients": n, "chars_per_s": 100.0 * n ** 0.8, "ttfc_p99_ms": 2.0 * n} for n in (1, 8, 64)]}
+TRAIN = {"cells": {c: {"trainer_chars_per_s": 900.0, "bare_chars_per_s": 1000.0} for c in ("lstm", "gru")}}
+
+
+def test_report_tables_and_plots(tmp_path):
+    results = results_with(quality=quality_data(1.45), serve=SERVE, train=TRAIN, flops={"peak_gflops": 50.0})
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results), encoding="utf-8")
+    text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
+    assert "| 64 | 2,786 | 27.9x | 128 ms | — |" in text
+    assert "| lstm | 1,000 | 900 | 0.90x | 20.6 |" in text
+    assert "(assumed: no shape in the results)" in text and "Busy machine" not in text
+    for name in ("quality-cpu", "serve", "train"):
+        assert (tmp_path / "plots" / f"r-{name}.png").is_file(), name
+        assert f"](plots/r-{name}.png)" in text
+    assert not (tmp_path / "plots" / "r-quality-cuda.png").exists()
+
+
+def test_report_says_not_measured_for_parts_not_run(tmp_path):
+    results = results_with(quality=quality_data(1.45))
+    results["machine"]["load_average"] = [3.0, 2.5, 2.0]  # other work on the 2 cores
+    results["parts"]["train"] = {"status": "not available", "module": "bench.train_throughput"}
+    results["parts"]["encode"] = {"status": "failed", "module": "bench.encode", "returncode": 1,
+                                  "log_tail": "Traceback\nRuntimeError: boom\n", "command": ["-m", "bench.encode"]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results), encoding="utf-8")
+    text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
+    assert "bench.train_throughput is not available in this checkout" in text
+    assert "**Busy machine**: a 1-minute load average of 3.0 on 2 cores" in text
+    assert "bench.encode failed (exit code 1)" in text and "RuntimeError: boom" in text
+    assert ("| tinyshakespeare val loss, 15 min on a 2-core CPU | <= 1.50 nats/char | 1.450 (lstm, 900 s) "
+            "| **met** |") in text
+    assert "## Serving under load\n\nnot measured: not run" in text
+    assert (tmp_path / "plots" / "r-quality-cpu.png").is_file()
+
+
+def test_flops_per_char_is_twice_the_matrix_weights():
+    """Each weight matrix entry is one multiply-add per character in the forward pass
+    (the embedding is a lookup; the peephole vectors are elementwise, left out)."""
+    from charnet.config import ModelConfig
+    from charnet.model import CharRNN
+
+    for cell in GATES:
+        model = CharRNN(ModelConfig(vocab_size=66, cell=cell, layers=2, hidden=48, embedding=16))
+        weights = sum(p.numel() for name, p in model.named_parameters()
+                      if p.dim() == 2 and "peephole" not in name and p is not model.embed.weight)
+        f = flops_per_char(cell, 2, 48, 16, 66)
+        assert f["forward"] == 2 * weights and f["training"] == 3 * f["forward"], cell
+
+
+def test_quality_overrides_and_missing_corpus(tmp_path, monkeypatch, capsys):
+    sets = quality.parse_sets(["dropout=0.3", "gru.hidden=384", "lstm.lr=3e-3"], ["lstm", "gru"])
+    assert sets == {"lstm": {"dropout": 0.3, "lr": 0.003}, "gru": {"dropout": 0.3, "hidden": 384}}
+    with pytest.raises(SystemExit, match="not one of"):
+        quality.parse_sets(["lstm.colour=blue"], ["lstm"])
+    out = tmp_path / "q.json"
+    monkeypatch.setattr(sys, "argv", ["quality", "--quick", "--corpus", str(tmp_path / "absent.txt"),
+                                      "--json", str(out)])
+    quality.main()
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert "corpus not available" in data["skipped"] and data["cpu"] == {}
