@@ -68,3 +68,13 @@ def test_unknown_checkpoint_lists_the_names(capsys, tiny_model, tmp_path, monkey
     monkeypatch.setenv("CHARNET_CHECKPOINTS", str(tiny_model.parent))
     assert_clean_error(cli(capsys, "sample", "nonesuch"), "nonesuch", "available names:", "best")
     assert_clean_error(cli(capsys, "sample", tmp_path / "missing"), "missing")
+
+
+def test_no_checkpoint_means_the_bundled_model(tmp_path):
+    """From any directory, `charnet sample` finds checkpoints/shakespeare of the checkout."""
+    result = run_cli("sample", "-p", "ROMEO:", "-n", "60", "--seed", "1", "-t", "0.5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ROMEO:" + charnet.load("shakespeare").generate(
+        "ROMEO:", max_chars=60, seed=1, temperature=0.5).text + "\n"
+    bundled = charnet.load("shakespeare")
+    assert bundled.checkpoint.config["metrics"]["val_loss"] < 1.5  # the issue's quality bar, as recorded
