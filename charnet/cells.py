@@ -92,7 +92,6 @@ class _PeepholeScan(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, xproj: Tensor, w_hh: Tensor, peep: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor]:
         steps, batch, four_h = xproj.shape
         hidden = four_h // 4
@@ -117,7 +116,6 @@ class _PeepholeScan(torch.autograd.Function):
         return hs[1:], cs[steps]
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, d_hs: Tensor, d_c_last: Tensor):
         w_hh, peep, hs, cs, acts, tanh_c = ctx.saved_tensors
         steps, batch, four_h = acts.shape
@@ -198,7 +196,10 @@ class PeepholeLSTM(nn.Module):
             if k and self.dropout and self.training:
                 seq = F.dropout(seq, self.dropout, training=True)
             xproj = F.linear(seq, w_ih, bias)  # (T, B, 4H): every step's input at once
-            seq, c_last = _PeepholeScan.apply(xproj, w_hh, peep, h0[k], c0[k])
+            # The recurrence runs in float32 under any autocast (CUDA's or CPU's bf16):
+            # its state is what carries information across hundreds of steps.
+            with torch.autocast(x.device.type, enabled=False):
+                seq, c_last = _PeepholeScan.apply(xproj.float(), w_hh, peep, h0[k].float(), c0[k].float())
             hs.append(seq[-1])
             cs.append(c_last)
         return seq.transpose(0, 1), (torch.stack(hs), torch.stack(cs))

@@ -16,16 +16,16 @@ from charnet.model import CharRNN
 LN2 = math.log(2)
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (the recurrent state and the loss stay float32); nothing
-    elsewhere, where bf16 would be slower or unsupported."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """bf16 autocast where `precision` asks for it (``auto``: on CUDA only); the
+    recurrent state carried between windows and the loss stay float32."""
+    if precision == "bfloat16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
 @torch.no_grad()
-def evaluate(model: CharRNN, streams: Streams, device: torch.device) -> tuple[float, int]:
+def evaluate(model: CharRNN, streams: Streams, device: torch.device, precision: str = "auto") -> tuple[float, int]:
     """(summed loss in nats, characters scored) over every window of `streams`, the
     state carried across windows as in training."""
     was_training = model.training
@@ -35,7 +35,7 @@ def evaluate(model: CharRNN, streams: Streams, device: torch.device) -> tuple[fl
     try:
         for k in range(len(streams)):
             x, y = (t.to(device, non_blocking=True) for t in streams.batch(k))
-            with autocast_for(device):
+            with autocast_for(device, precision):
                 logits, state = model(x, state)
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="sum")
     finally:

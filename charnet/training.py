@@ -272,7 +272,7 @@ class Trainer:
             x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         else:
             x, y = x.to(self.device), y.to(self.device)
-        with autocast_for(self.device):
+        with autocast_for(self.device, self.cfg.precision):
             logits, state = self.net(x, self.carry)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
         loss.backward()
@@ -289,7 +289,7 @@ class Trainer:
     def _validate(self, streams: Streams) -> float:
         # A process may hold no validation streams (a split with fewer streams than
         # processes); it still joins the sum, with nothing in it.
-        total, count = evaluate(self.model, streams, self.device) if streams.batch_size else (0.0, 0)
+        total, count = evaluate(self.model, streams, self.device, self.cfg.precision) if streams.batch_size else (0.0, 0)
         total, count = self.dist.sum([total, float(count)])
         return total / count
 

@@ -26,6 +26,12 @@ class Cell(str, Enum):
     gru = "gru"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
 class TokenizerKind(str, Enum):
     char = "char"
     byte = "byte"
@@ -78,6 +84,9 @@ def train(
     seed: Annotated[int, Opt(help="Random seed: same seed, same device, same losses.")] = T.seed,
     device: Annotated[Device, Opt(help="auto picks CUDA when present, then MPS, else CPU.")] = Device.auto,
     compile: Annotated[bool, Opt(help="torch.compile the model (needs a C++ compiler on CPU).")] = False,
+    precision: Annotated[Precision, Opt(help="Forward/backward arithmetic: bfloat16 autocast (weights stay float32), "
+                                             "float32, or auto: bfloat16 on CUDA, float32 elsewhere. bfloat16 trains "
+                                             "1.7-2x faster on CPUs with native bf16.")] = Precision.auto,
     tokenizer: Annotated[TokenizerKind, Opt(help="Vocabulary: char (the characters of the corpus) or byte "
                                             "(256 UTF-8 byte values).")] = TokenizerKind.char,
     encoding: Annotated[str, Opt(help="Text encoding of the corpus files.")] = "utf-8",
@@ -129,7 +138,8 @@ def train(
             # with no budget at all would take on the default --max-time.
             given = budgets if any(v is not None for v in budgets.values()) else {}
             overrides = {name: value for name, value in (("eval_every", eval_every), ("eval_chars", eval_chars),
-                         ("patience", patience), ("device", device.value), ("compile", compile))
+                         ("patience", patience), ("device", device.value), ("compile", compile),
+                         ("precision", precision.value))
                          if _given(ctx, name)}
             if _given(ctx, "batch_size"):  # _check_unchanged allowed it: the global batch is the run's
                 overrides["batch_size"] = batch_size
@@ -147,7 +157,7 @@ def train(
             train_cfg = TrainConfig(seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                     warmup_steps=warmup, grad_clip=grad_clip, val_fraction=val_fraction,
                                     eval_every=eval_every, eval_chars=eval_chars, patience=patience, seed=seed,
-                                    device=device.value, compile=compile, **budgets)
+                                    device=device.value, compile=compile, precision=precision.value, **budgets)
             corpus_data = load_corpus(specs, tokenizer=tokenizer.value, encoding=encoding, separator=sep)
             model_cfg = dataclasses.replace(model_cfg, vocab_size=corpus_data.vocab.size)
         if corpus_data.skipped_binary and dist.main:
