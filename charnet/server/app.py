@@ -27,7 +27,7 @@ from charnet.server import errors
 from charnet.server.deps import Model, ServerState
 from charnet.server.errors import APIError, BodyTooLarge
 from charnet.server.metrics import Metrics, RequestCounter
-from charnet.server.routers import completions, generate, health, models
+from charnet.server.routers import completions, generate, health, models, score
 from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
 
@@ -37,6 +37,7 @@ DESCRIPTION = """Character-level recurrent language models over HTTP.
 
 - `POST /v1/completions`: OpenAI's legacy completions API (streaming too); one token is one character.
 - `POST /v1/generate`: charnet's own simple endpoint, streaming as SSE or NDJSON.
+- `POST /v1/score`: bits per character of a text, and every character's log-probability.
 - `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`.
 
 When the server has `CHARNET_API_KEY` set, `/v1/*` needs `Authorization: Bearer <key>`.
@@ -132,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.charnet = state
     metrics.watch_caches(lambda: [(m.name, m.engine.cache) for m in state.models.values()])
     errors.install(app)
-    for router in (completions.router, generate.router, models.router, health.router):
+    for router in (completions.router, generate.router, score.router, models.router, health.router):
         app.include_router(router)
 
     @app.get("/", include_in_schema=False)
