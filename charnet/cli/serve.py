@@ -108,7 +108,8 @@ def serve(
     log_level: Annotated[str, Opt(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over HTTP: OpenAI-compatible /v1/completions, /v1/generate, /v1/models,
-    /health, /ready, /metrics, docs at /docs. Set CHARNET_API_KEY to require a bearer key."""
+    /v1/score, /health, /ready, /metrics, the playground at /, docs at /docs. Set CHARNET_API_KEY
+    to require a bearer key."""
     import uvicorn
 
     settings = Settings(models=resolve_models(checkpoints or []), device=device.value,
