@@ -139,12 +139,13 @@ class Engine:
 
     # -- scoring --------------------------------------------------------------------------
 
-    def score(self, text: str) -> Score:
+    def score(self, text: str, *, top: int = 0) -> Score:
         """How well the model predicts `text` from its initial state: bits/char and
-        the log-probability of every character after the first (as `charnet eval`)."""
+        the log-probability of every character after the first (as `charnet eval`);
+        with `top` > 0, the `top` most likely characters at each position too."""
         ids = self.vocab.encode(text)
         with self.lock, torch.no_grad():
-            return score_ids(self.model, ids, self.device, unknown=self.vocab.count_unknown(ids))
+            return score_ids(self.model, ids, self.device, unknown=self.vocab.count_unknown(ids), top=top)
 
 
 _LOADED: dict[tuple[str, str, float], Engine] = {}

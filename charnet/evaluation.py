@@ -56,6 +56,13 @@ class Score:
     unknown: int
     """Tokens of the text outside the vocabulary (scored as the unknown id)."""
 
+    top_ids: np.ndarray | None = None
+    """With ``score_ids(..., top=k)``: the k most likely token ids at each scored
+    position, most likely first, shape (tokens, k); None otherwise."""
+
+    top_logprobs: np.ndarray | None = None
+    """Their natural-log probabilities, aligned with `top_ids` (float32)."""
+
     @property
     def nats(self) -> float:
         """Mean cross-entropy in nats per character."""
@@ -72,19 +79,28 @@ class Score:
 
 @torch.no_grad()
 def score_ids(model: CharRNN, ids: np.ndarray, device: torch.device | str = "cpu", *, unknown: int = 0,
-              window: int = 1024) -> Score:
+              window: int = 1024, top: int = 0) -> Score:
     """Score `ids` as one stream from the zero state: each token after the first is
     predicted from everything before it. Windows of `window` tokens carry the state,
-    so the result does not depend on the window size."""
+    so the result does not depend on the window size. With `top` > 0, also keep the
+    `top` most likely tokens at each position (what the model expected instead)."""
     device = torch.device(device)
     model.eval()
     ids_t = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device)
-    out = torch.empty(max(len(ids_t) - 1, 0), dtype=torch.float32, device=device)
+    n = max(len(ids_t) - 1, 0)
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    k = min(top, model.config.vocab_size)
+    top_v = torch.empty(n, k, dtype=torch.float32, device=device) if k else None
+    top_i = torch.empty(n, k, dtype=torch.int64, device=device) if k else None
     state = None
-    for start in range(0, len(ids_t) - 1, window):
-        stop = min(start + window, len(ids_t) - 1)
+    for start in range(0, n, window):
+        stop = min(start + window, n)
         x = ids_t[start:stop].unsqueeze(0)
         logits, state = model(x, state)
         logp = torch.log_softmax(logits[0].float(), dim=-1)
         out[start:stop] = logp.gather(1, ids_t[start + 1:stop + 1].unsqueeze(1)).squeeze(1)
-    return Score(out.cpu().numpy(), len(out), unknown)
+        if k:
+            top_v[start:stop], top_i[start:stop] = logp.topk(k, dim=-1)
+    if not k:
+        return Score(out.cpu().numpy(), n, unknown)
+    return Score(out.cpu().numpy(), n, unknown, top_i.cpu().numpy(), top_v.cpu().numpy())

@@ -100,6 +100,7 @@ def serve(
     request_timeout: Annotated[float, Opt(min=0.001, help="Seconds a request may queue and generate in all "
                                                           "(408 after).")] = D.request_timeout,
     cache_mb: Annotated[float, Opt(min=0, help="Prompt-state cache per model, MiB (0: off).")] = D.cache_mb,
+    max_score_chars: Annotated[int, Opt(min=2, help="Longest text /v1/score accepts, in characters.")] = D.max_score_chars,
     workers: Annotated[int, Opt(min=1, help="Worker processes on the one port, each with every model.")] = 1,
     max_body_kb: Annotated[int, Opt(min=1, help="Largest request body, KiB (413 above).")] = D.max_body_bytes >> 10,
     threads: Annotated[int, Opt(min=1, help="Torch threads per process for the model steps.")] = D.threads,
@@ -107,12 +108,14 @@ def serve(
     log_level: Annotated[str, Opt(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over HTTP: OpenAI-compatible /v1/completions, /v1/generate, /v1/models,
-    /health, /ready, /metrics, docs at /docs. Set CHARNET_API_KEY to require a bearer key."""
+    /v1/score, /health, /ready, /metrics, the playground at /, docs at /docs. Set CHARNET_API_KEY
+    to require a bearer key."""
     import uvicorn
 
     settings = Settings(models=resolve_models(checkpoints or []), device=device.value,
                         max_concurrency=max_concurrency, max_queue=max_queue, max_chars_cap=max_chars_cap,
-                        request_timeout=request_timeout, cache_mb=cache_mb, max_body_bytes=max_body_kb << 10,
+                        request_timeout=request_timeout, cache_mb=cache_mb, max_score_chars=max_score_chars,
+                        max_body_bytes=max_body_kb << 10,
                         threads=threads)
     _check_port(host, port)
     os.environ.update(settings.to_env())  # how worker processes get the settings

@@ -13,11 +13,13 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 
 import torch
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from charnet import __version__
@@ -27,7 +29,7 @@ from charnet.server import errors
 from charnet.server.deps import Model, ServerState
 from charnet.server.errors import APIError, BodyTooLarge
 from charnet.server.metrics import Metrics, RequestCounter
-from charnet.server.routers import completions, generate, health, models
+from charnet.server.routers import completions, generate, health, models, score
 from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
 
@@ -37,7 +39,9 @@ DESCRIPTION = """Character-level recurrent language models over HTTP.
 
 - `POST /v1/completions`: OpenAI's legacy completions API (streaming too); one token is one character.
 - `POST /v1/generate`: charnet's own simple endpoint, streaming as SSE or NDJSON.
+- `POST /v1/score`: bits per character of a text, and every character's log-probability.
 - `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`.
+- `GET /`: the playground, a web page to generate and score text with these endpoints.
 
 When the server has `CHARNET_API_KEY` set, `/v1/*` needs `Authorization: Bearer <key>`.
 """
@@ -83,6 +87,19 @@ async def _send_error(send: Send, error: APIError) -> None:
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+PAGE_HEADERS = {
+    # The page loads nothing from anywhere but this server, and talks to nothing else.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "Cache-Control": "no-cache",
+}
+
+
+def playground_html() -> str:
+    """The playground page, read from the installed package."""
+    return (resources.files("charnet.server") / "static" / "index.html").read_text(encoding="utf-8")
 
 
 def _model_info(name: str, engine: Engine) -> dict:
@@ -132,13 +149,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.charnet = state
     metrics.watch_caches(lambda: [(m.name, m.engine.cache) for m in state.models.values()])
     errors.install(app)
-    for router in (completions.router, generate.router, models.router, health.router):
+    for router in (completions.router, generate.router, score.router, models.router, health.router):
         app.include_router(router)
 
+    # The playground: files shipped inside the package (package data), found through
+    # the package, not the working directory, so any install serves them.
+    app.mount("/static", StaticFiles(packages=[("charnet.server", "static")]), name="static")
+    page = playground_html()
+
     @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        # Until the browser playground lands here.
-        return RedirectResponse("/docs")
+    async def root() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
     # Added last = outermost: count everything, refuse big bodies before any parsing.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

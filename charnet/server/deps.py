@@ -35,6 +35,8 @@ class ServerState:
     metrics: Metrics
     models: dict[str, Model] = field(default_factory=dict)
     ready: bool = False
+    scoring: dict[str, int] = field(default_factory=dict)
+    """Score requests in flight per model (admission for /v1/score)."""
 
 
 def get_state(request: Request) -> ServerState:

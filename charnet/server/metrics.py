@@ -66,6 +66,8 @@ class Metrics:
                                 registry=r)
         self.rejected = Counter("charnet_requests_rejected", "Requests refused with 429 (queue full).", ["model"],
                                 registry=r)
+        self.scored_chars = Counter("charnet_scored_chars", "Characters scored by /v1/score.", ["model"],
+                                    registry=r)
         self.failures = Counter("charnet_generation_failures", "Generations that failed with an error.", ["model"],
                                 registry=r)
 

@@ -144,6 +144,35 @@ class GenerateResponse(BaseModel):
     logprobs: Optional[list[CharLogprobOut]] = None
 
 
+class ScoreRequest(_Request):
+    """Text to score (`POST /v1/score`)."""
+
+    model: Optional[str] = Field(None, description="Model name; may be omitted when the server has one model.")
+    text: str = Field(description="Text to score from the model's initial state, as `charnet eval` scores a file "
+                                  "(at most the server's --max-score-chars characters).")
+    top: int = Field(5, ge=0, le=MAX_LOGPROBS, description="Most likely alternatives to return at each position.")
+
+
+class CharScore(BaseModel):
+    text: str = Field(description="The character (for a byte-vocabulary model, the byte as `display` shows it).")
+    logprob: Optional[float] = Field(description="Natural log-probability the model gave it; null for the first, "
+                                                 "which has nothing before it to be predicted from.")
+    top: list[tuple[str, float]] = Field(description="The most likely characters there, most likely first.")
+    unknown: bool = Field(False, description="Outside the model's vocabulary (scored as its unknown character).")
+
+
+class ScoreResponse(BaseModel):
+    """How well the model predicts the text, in total and character by character."""
+
+    model: str
+    bits_per_char: Optional[float] = Field(description="Mean surprisal in bits per character (per byte for a "
+                                                       "byte-vocabulary model), as `charnet eval` reports; null "
+                                                       "when fewer than two characters leave nothing to score.")
+    tokens: int = Field(description="Characters scored: all but the first.")
+    unknown: int = Field(description="Characters outside the model's vocabulary (scored as the unknown one).")
+    chars: list[CharScore] = Field(description="Every character of the text, in order.")
+
+
 class ModelCard(BaseModel):
     """One served model, as OpenAI lists them, with charnet's own metadata."""
 

@@ -29,6 +29,7 @@ class Settings(BaseModel):
     max_chars_cap: int = Field(4096, ge=1, description="Largest max_tokens / length a request may ask for.")
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may wait and generate in all.")
     cache_mb: float = Field(64.0, ge=0, description="Prompt-state cache size per model, in MiB.")
+    max_score_chars: int = Field(20_000, ge=2, description="Longest text /v1/score accepts, in characters.")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body accepted (413 above).")
     threads: int = Field(1, ge=1, description="Torch threads for the engine loops.")
     api_key: str | None = Field(None, exclude=True, repr=False,

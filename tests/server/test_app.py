@@ -1,4 +1,4 @@
-"""The app factory and its lifespan: readiness, liveness, docs, the root redirect."""
+"""The app factory and its lifespan: readiness, liveness, docs, the playground at the root."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ async def test_docs_openapi_and_root(make_app):
         assert props["max_tokens"]["description"] and props["top_k"]["description"]
         assert (await api.client.get("/docs")).status_code == 200
         root = await api.client.get("/")
-        assert root.status_code in (302, 307) and root.headers["location"] == "/docs"
+        assert root.status_code == 200 and root.headers["content-type"].startswith("text/html")
+        assert "charnet playground" in root.text
 
 
 async def test_two_apps_in_one_process_share_nothing(make_app):
