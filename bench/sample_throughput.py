@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 import charnet
+from bench.common import machine
 from charnet.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,19 +84,6 @@ def bandwidth_bound(engine: Engine, repeats: int = 200) -> dict:
         torch.mv(matrix, vector)
     gbps = repeats * side * side * 4 / (time.perf_counter() - start) / 1e9
     return {"bytes_per_step": step_bytes, "mv_gb_per_s": gbps, "bound_chars_per_s": gbps * 1e9 / step_bytes}
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def main() -> None:

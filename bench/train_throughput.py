@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = (ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt", ROOT / "corpora" / "shakespeare.txt")
@@ -133,20 +132,6 @@ def measure(cell: str, corpus, args, out: Path) -> dict:
     return {"cell": cell, "bare_reference": "nn.LSTM" if cell == "peephole" else f"nn.{cell.upper()}",
             "trainer_chars_per_s": statistics.median(rates["trainer"]), "bare_chars_per_s": statistics.median(rates["bare"]),
             "trainer_over_bare": statistics.median(pairs), "pair_ratios": pairs, "rounds": rates}
-
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -159,7 +159,6 @@ class Sequence:
         self._stops = _StopMatcher(request.stop)
         self._held_logprobs: list[CharLogprob] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if vocab.kind == "byte" else None
-        self.cancelled = False
         self.error: Exception | None = None
 
     @property

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from charnet.engine import Engine
-from charnet.generation import FINISH_CANCELLED, FINISH_ERROR, CharLogprob, GenerationRequest, Sequence
+from charnet.generation import FINISH_ERROR, CharLogprob, GenerationRequest, Sequence
 from charnet.server.metrics import Metrics
 
 log = logging.getLogger("charnet.server")
