@@ -300,12 +300,13 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu", *, wit
 # -- finding checkpoints by name ----------------------------------------------------------
 
 def checkpoint_roots() -> list[Path]:
-    """Where names are looked up: ``$CHARNET_CHECKPOINTS``, ./checkpoints, and the
-    checkpoints/ folder of the source checkout charnet runs from (the bundled models)."""
-    roots = []
+    """Where names are looked up: the folders in ``$CHARNET_CHECKPOINTS`` (separated like
+    PATH) when it is set; otherwise ./checkpoints and the checkpoints/ folder of the
+    source checkout charnet runs from (the bundled models)."""
     if env := os.environ.get("CHARNET_CHECKPOINTS"):
-        roots.append(Path(env))
-    roots += [Path.cwd() / "checkpoints", Path(__file__).resolve().parent.parent / "checkpoints"]
+        roots = [Path(p) for p in env.split(os.pathsep) if p]
+    else:
+        roots = [Path.cwd() / "checkpoints", Path(__file__).resolve().parent.parent / "checkpoints"]
     return list(dict.fromkeys(r.resolve() for r in roots))
 
 
