@@ -157,6 +157,7 @@ async def test_requests_in_one_batch_equal_their_solo_runs(make_app, solo):
 async def test_shutdown_ends_queued_and_running_requests(make_app):
     async with make_app(max_concurrency=1, max_queue=1, max_chars_cap=100_000) as api:
         running = asyncio.create_task(api.client.post("/v1/completions", json=LONG))
+        await until(lambda: gauges(api) == (1, 0))  # admitted first: two tasks started together may arrive either way
         waiting = asyncio.create_task(api.client.post("/v1/completions", json={**LONG, "stream": True}))
         await until(lambda: gauges(api) == (1, 1))
         await asyncio.to_thread(api.state.models[MODEL].scheduler.close)
