@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                      "[default: bench/results]")
     run.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="where to write the report "
                      "[default: BENCHMARKS.md at the repository root]")
+    run.add_argument("--keep", type=Path, help="an earlier results JSON of this machine: the benchmarks this run "
+                     "does not repeat (see --only) are carried over from it, marked with their commit and date")
     run.add_argument("--runs", type=Path, help="keep the quality runs' directories here [default: discarded]")
     run.add_argument("--timeout", type=float, default=1800, help="stop a benchmark (other than quality, bounded by "
                      "its budget) after this many seconds [default: 1800]")

@@ -78,6 +78,10 @@ def header(results: dict, source: Path) -> list[str]:
         ["load average (1, 5, 15 min) at start / end",
          f"{_loads(load)} / {_loads(m.get('load_average_end'))}" if load else None],
         ["suite wall time", _num(results.get("wall_s"), ".0f", " s")]])
+    kept = {name: r["kept_from"] for name, r in results.get("parts", {}).items() if r.get("kept_from")}
+    if kept:
+        lines += ["", "Carried over from an earlier run on this machine (`--keep`): " + "; ".join(
+            f"{name} from `{k['file']}` (commit `{k['git_commit']}`, {k['date']})" for name, k in kept.items()) + "."]
     return lines
 
 

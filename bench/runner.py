@@ -131,6 +131,22 @@ def run_part(name: str, args, scratch: Path) -> dict:
     return record
 
 
+def kept_parts(previous: Path, running: list[str], info: dict) -> dict:
+    """The parts of an earlier results file that this run does not repeat (a long quality
+    run need not be redone after a change to the server), each marked with the commit
+    and date it was measured at. Only from the same machine: figures from elsewhere
+    would not compare."""
+    old = json.loads(previous.read_text(encoding="utf-8"))
+    if machine_slug(old["machine"]) != machine_slug(info):
+        raise SystemExit(f"bench: --keep {previous}: measured on {old['machine'].get('cpu')}, not this machine")
+    kept = {}
+    for name, record in old["parts"].items():
+        if name not in running and record.get("status") == "ok":
+            kept[name] = {**record, "kept_from": {"file": previous.name, "git_commit": old["machine"].get("git_commit"),
+                                                  "date": old["machine"].get("date")}}
+    return kept
+
+
 def results_path(out: Path, info: dict) -> Path:
     stamp = datetime.now().strftime("%Y-%m-%d-%H%M%S")
     return out / f"{stamp}-{machine_slug(info)}.json"
@@ -149,9 +165,12 @@ def run_all(args) -> int:
                "args": {"only": names, "budget": args.budget, "gpu_budget": args.gpu_budget, "cells": args.cells},
                "parts": {}}
     started = time.monotonic()
+    if args.keep:
+        results["parts"].update(kept_parts(args.keep, names, info))
     with tempfile.TemporaryDirectory(prefix="charnet-bench-") as scratch:
         for name in [n for n in PARTS if n in names]:
             results["parts"][name] = run_part(name, args, Path(scratch))
+    results["parts"] = {n: results["parts"][n] for n in PARTS if n in results["parts"]}
     results["wall_s"] = round(time.monotonic() - started, 1)
     try:
         results["machine"]["load_average_end"] = list(os.getloadavg())

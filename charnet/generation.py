@@ -243,32 +243,49 @@ class Batch:
     def add(self, request: GenerationRequest, count: int = 1) -> list[Sequence]:
         """Prime `request`'s prompt once and start `count` sequences from it (seeds
         derived as in `charnet.sampling.derive_seed`), joining at the next step."""
+        return self.add_many([(request, count)])[0]
+
+    def add_many(self, items: list[tuple[GenerationRequest, int]]) -> list[list[Sequence]]:
+        """`add` for several requests at once: their prompts prime together, as rows of
+        one batch (see `PromptCache.prime_many`), which is what lets a burst of requests
+        start in the time of its longest prompt rather than of all of them."""
         from charnet.sampling import derive_seed
 
-        base = Sequence(request, self.vocab)
-        seqs = [base] + [Sequence(GenerationRequest(request.prompt, request.max_chars,
-                                                    _reseed(base.request.params, derive_seed(base.seed, i)),
-                                                    request.stop, request.logprobs), self.vocab)
-                         for i in range(1, count)]
-        state, logits = self.cache.prime(self.kernel, base.prompt_ids)
-        finished = []
-        for seq in seqs:
-            if request.max_chars == 0:
-                seq.finish_reason = FINISH_LENGTH
-                finished.append(seq)
-                continue
-            self._resize(len(self.seqs) + 1)
-            seq.row = len(self.seqs)
-            self.seqs.append(seq)
-            for dst, src in zip(self.state, state):
-                dst[:, seq.row] = src[:, 0]
-            self.logits[seq.row] = logits
-            self.recent[seq.row].zero_()
-            if seq.recent:
-                self.recent[seq.row].index_add_(0, torch.tensor(seq.recent, device=self.recent.device),
-                                                torch.ones(len(seq.recent), device=self.recent.device))
+        groups = []
+        for request, count in items:
+            base = Sequence(request, self.vocab)
+            groups.append([base] + [Sequence(GenerationRequest(request.prompt, request.max_chars,
+                                                               _reseed(base.request.params, derive_seed(base.seed, i)),
+                                                               request.stop, request.logprobs), self.vocab)
+                                    for i in range(1, count)])
+        primed = self.cache.prime_many(self.kernel, [seqs[0].prompt_ids for seqs in groups])
         self._params = None
-        return seqs
+        try:
+            for seqs, (state, logits) in zip(groups, primed):
+                for seq in seqs:
+                    self._join(seq, state, logits)
+        except BaseException:  # all or nothing: no row may outlive a request that failed to start
+            for seqs in groups:
+                for seq in seqs:
+                    self.cancel(seq)
+            raise
+        return groups
+
+    def _join(self, seq: Sequence, state: tuple[Tensor, ...], logits: Tensor) -> None:
+        """Give `seq` a row holding `state`, to sample its first token from `logits`."""
+        if seq.request.max_chars == 0:
+            seq.finish_reason = FINISH_LENGTH
+            return
+        self._resize(len(self.seqs) + 1)
+        seq.row = len(self.seqs)
+        self.seqs.append(seq)
+        for dst, src in zip(self.state, state):
+            dst[:, seq.row] = src[:, 0]
+        self.logits[seq.row] = logits
+        self.recent[seq.row].zero_()
+        if seq.recent:
+            self.recent[seq.row].index_add_(0, torch.tensor(seq.recent, device=self.recent.device),
+                                            torch.ones(len(seq.recent), device=self.recent.device))
 
     def cancel(self, seq: Sequence) -> None:
         """Stop `seq` now and free its row."""

@@ -48,8 +48,9 @@ def _native_bf16(device: torch.device) -> bool:
         return False
 
 
-def _sigmoid_(x: Tensor) -> Tensor:
-    return x.mul_(0.5).tanh_().mul_(0.5).add_(0.5)
+def _half_sigmoid_(x: Tensor) -> Tensor:
+    """sigmoid(2x) in place, as 0.5 * tanh(x) + 0.5 (x is the halved pre-activation)."""
+    return x.tanh_().mul_(0.5).add_(0.5)
 
 
 class StepKernel:
@@ -81,9 +82,16 @@ class StepKernel:
         order = (torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])
                  if self.gates == 4 else None)
 
-        def rows(t: Tensor) -> Tensor:  # gate rows in the kernel's order
+        # Sigmoid gates are computed as 0.5 * tanh(x / 2) + 0.5 (see batch invariance);
+        # their rows are stored halved, which is exact in floating point, so x / 2 comes
+        # out of the products and one tanh covers every gate of a layer.
+        halved = {"rnn": 0, "lstm": 3, "peephole": 3, "gru": 2}[self.cell] * h
+
+        def rows(t: Tensor) -> Tensor:  # gate rows in the kernel's order, sigmoid ones halved
             t = t.detach().float()
-            return (t[order] if order is not None else t).contiguous()
+            t = (t[order] if order is not None else t).clone()
+            t[:halved] *= 0.5
+            return t.contiguous()
 
         def matrix(t: Tensor) -> Tensor:  # a gate matrix, (out, in)
             return self._pack(rows(t))
@@ -94,7 +102,7 @@ class StepKernel:
             if self.cell == "peephole":
                 w_ih, w_hh, bias, peep = rnn.layer(k)
                 b_ih, b_hh = bias, None
-                self.peep.append(peep.detach().float().contiguous())  # rows p_i, p_f, p_o
+                self.peep.append(peep.detach().float().mul(0.5).contiguous())  # rows p_i, p_f, p_o, halved
             else:
                 w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
                 b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
@@ -105,7 +113,7 @@ class StepKernel:
             self.w_ih.append(matrix(w_ih) if k else None)
             self.w_hh.append(matrix(w_hh))
             self.b_ih.append(rows(b_ih))
-            self.b_hh.append(rows(b_hh) if b_hh is not None else None)
+            self.b_hh.append(rows(b_hh) if b_hh is not None else None)  # GRU: r, z halved, n not
         with torch.no_grad():
             # Layer 0 sees only token ids: its input projection is one row per token,
             # computed once in float32.
@@ -206,7 +214,7 @@ class StepKernel:
         h = state[0][k]
         if self.cell == "gru":
             self._affine(gates_h, self.b_hh[k], h, self.w_hh[k])
-            rz = _sigmoid_(gates[:, : 2 * h_dim].add_(gates_h[:, : 2 * h_dim]))
+            rz = _half_sigmoid_(gates[:, : 2 * h_dim].add_(gates_h[:, : 2 * h_dim]))
             r, z = rz[:, :h_dim], rz[:, h_dim:]
             n = gates[:, 2 * h_dim:].addcmul_(r, gates_h[:, 2 * h_dim:]).tanh_()
             return h.sub_(n).mul_(z).add_(n)  # (1 - z) * n + z * h
@@ -219,13 +227,13 @@ class StepKernel:
             p_i, p_f, p_o = self.peep[k]
             i.addcmul_(c, p_i)
             f.addcmul_(c, p_f)
-            _sigmoid_(gates[:, : 2 * h_dim])
+            _half_sigmoid_(gates[:, : 2 * h_dim])
             g.tanh_()
             c.mul_(f).addcmul_(i, g)
-            _sigmoid_(o.addcmul_(c, p_o))
+            _half_sigmoid_(o.addcmul_(c, p_o))
         else:
-            _sigmoid_(gates[:, : 3 * h_dim])
-            g.tanh_()
+            gates.tanh_()  # i, f, o (halved) and g at once
+            gates[:, : 3 * h_dim].mul_(0.5).add_(0.5)
             c.mul_(f).addcmul_(i, g)
         return torch.mul(o, torch.tanh(c, out=tmp), out=h)
 

@@ -30,6 +30,10 @@ BLOCK = 64
 
 DEFAULT_MAX_BYTES = 64 << 20
 
+LOCKSTEP_MAX = 256
+"""Prompts with at most this many tokens left to prime prime together in lockstep;
+longer ones prime alone, so one long prompt does not hold up a burst of short ones."""
+
 
 @dataclass
 class _Entry:
@@ -119,3 +123,47 @@ class PromptCache:
             self.put(ids[:end], state, logits, digests[end])
             start = end
         return state, logits
+
+    def prime_many(self, kernel: StepKernel, prompts: list[np.ndarray]) -> list[tuple[tuple[Tensor, ...], Tensor]]:
+        """`prime` for several prompts: the (state, logits) after each. Those with a
+        short stretch left to prime advance together, one token per batched kernel
+        step, each from its longest cached prefix; a row computes what it would alone
+        (see `charnet.kernel`), so the results equal priming each prompt by itself."""
+        results: list = [None] * len(prompts)
+        rows = []  # (index, ids, start, cached state or None)
+        for i, ids in enumerate(prompts):
+            start, entry = self.lookup(ids) if len(prompts) > 1 else (0, None)
+            if len(prompts) == 1 or len(ids) - start > LOCKSTEP_MAX or (entry is not None and start == len(ids)):
+                results[i] = self.prime(kernel, ids)
+                continue
+            self.hits += entry is not None
+            self.misses += entry is None
+            rows.append((i, ids, start, entry))
+        if rows:
+            self._lockstep(kernel, rows, results)
+        return results
+
+    def _lockstep(self, kernel: StepKernel, rows: list, results: list) -> None:
+        n = len(rows)
+        state = kernel.zero_state(kernel.rows(n))
+        steps = max(len(ids) - start for _, ids, start, _ in rows)
+        tokens = np.zeros((steps, state[0].shape[1]), dtype=np.int64)  # padding rows and tails feed id 0
+        ends: list[dict[int, bytes]] = []
+        for r, (_, ids, start, entry) in enumerate(rows):
+            if entry is not None:
+                for dst, src in zip(state, entry.state):
+                    dst[:, r] = src[:, 0]
+            tokens[: len(ids) - start, r] = ids[start:]
+            marks = sorted({*range((start // BLOCK + 1) * BLOCK, len(ids), BLOCK), len(ids)})
+            ends.append(self._digests(ids, marks))
+            self.primed_tokens += len(ids) - start
+        tokens_t = torch.from_numpy(tokens).to(kernel.device)
+        for t in range(steps):
+            logits = kernel.step(tokens_t[t], state)
+            for r, (i, ids, start, _) in enumerate(rows):
+                end = start + t + 1
+                if end in ends[r]:
+                    row_state = tuple(s[:, r:r + 1] for s in state)
+                    self.put(ids[:end], row_state, logits[r], ends[r][end])
+                    if end == len(ids):
+                        results[i] = (tuple(s.clone() for s in row_state), logits[r].clone())

@@ -13,7 +13,7 @@ from charnet.errors import ConfigError
 from charnet.generation import FINISH_ERROR, MAX_CHARS, Batch, GenerationRequest, Sequence, _StopMatcher
 from charnet.kernel import StepKernel
 from charnet.model import CharRNN
-from charnet.prompt_cache import BLOCK, PromptCache
+from charnet.prompt_cache import BLOCK, LOCKSTEP_MAX, PromptCache
 from charnet.sampling import SamplingParams
 from charnet.tokenizer import Vocab
 
@@ -135,6 +135,36 @@ def test_prompt_cache_hits_change_nothing_but_work(trained):
     before = cache.primed_tokens
     batch.add(req(prompt=other, n=1))
     assert cache.primed_tokens - before == 10
+
+
+def test_prompts_primed_together_equal_prompts_primed_alone(trained):
+    """A burst of prompts primes in lockstep, each from its longest cached prefix, and
+    yields bit for bit the states each gets alone; long ones prime on their own."""
+    kernel, vocab = trained
+    prompts = ["ROMEO:\n", "\n\n", "First Citizen:\nBefore we proceed any further, hear me speak." * 2,
+               "O" * (LOCKSTEP_MAX + 40), "KING", "First Citizen:\nBefore we proceed any further, hear me speak."]
+    cache = PromptCache()
+    cache.prime(kernel, vocab.encode(prompts[-1]))  # one of them is cached, another extends it
+    together = cache.prime_many(kernel, [vocab.encode(p) for p in prompts])
+    for prompt, (state, logits) in zip(prompts, together):
+        alone = kernel.zero_state(1)
+        alone_logits = kernel.prime(torch.as_tensor(vocab.encode(prompt).astype(np.int64)), alone)
+        assert torch.equal(logits, alone_logits), prompt
+        assert all(torch.equal(a, b) for a, b in zip(state, alone)), prompt
+        assert cache.lookup(vocab.encode(prompt))[0] == len(prompt)  # and each is cached now
+    # the cached prompt cost its length once, the one extending it only its tail, the rest in full
+    assert cache.primed_tokens == sum(map(len, prompts[:-1]))
+
+
+def test_a_burst_added_together_writes_what_each_writes_alone(trained):
+    kernel, vocab = trained
+    requests = [req(prompt=p, n=40, seed=s) for s, p in enumerate(["ROMEO:", "", "KING", "O" * 300, "First"])]
+    batch = Batch(kernel, vocab, PromptCache())
+    groups = batch.add_many([(r, 2) for r in requests])
+    run(batch)
+    for seqs, r in zip(groups, requests):
+        assert [s.text for s in seqs] == [solo(kernel, vocab, r),
+                                          solo(kernel, vocab, req(prompt=r.prompt, n=40, seed=r.params.seed + 1))]
 
 
 def test_prompt_cache_stays_within_its_byte_budget(trained):

@@ -104,6 +104,10 @@ def serve(
     workers: Annotated[int, Opt(min=1, help="Worker processes on the one port, each with every model.")] = 1,
     max_body_kb: Annotated[int, Opt(min=1, help="Largest request body, KiB (413 above).")] = D.max_body_bytes >> 10,
     threads: Annotated[int, Opt(min=1, help="Torch threads per process for the model steps.")] = D.threads,
+    stream_interval: Annotated[float, Opt(min=0, help="Least seconds between two chunks of one stream: what is "
+                                                     "generated meanwhile goes out together, so 64 streams cost "
+                                                     "the server a few thousand frames a second, not one per "
+                                                     "character (0: a chunk per step).")] = D.stream_interval,
     device: Annotated[Device, Opt(help="Device to run the models on.")] = Device.cpu,
     log_level: Annotated[str, Opt(help="uvicorn log level.")] = "info",
 ) -> None:
@@ -116,7 +120,7 @@ def serve(
                         max_concurrency=max_concurrency, max_queue=max_queue, max_chars_cap=max_chars_cap,
                         request_timeout=request_timeout, cache_mb=cache_mb, max_score_chars=max_score_chars,
                         max_body_bytes=max_body_kb << 10,
-                        threads=threads)
+                        threads=threads, stream_interval=stream_interval)
     _check_port(host, port)
     os.environ.update(settings.to_env())  # how worker processes get the settings
     keyed = "with" if os.environ.get(API_KEY_ENV) else "without"

@@ -106,10 +106,11 @@ async def collect(http: Request, model: Model, job: Job) -> list[Out]:
 
 
 async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]],
-                 error: Callable[[int, str], str], done: str | None) -> AsyncIterator[str]:
+                 error: Callable[[int, str], str], done: str | None, interval: float = 0.0) -> AsyncIterator[str]:
     """The response body of a streamed request: `render` turns each batch of events
-    into zero or more frames. On the client going away (Starlette cancels this
-    generator) the generation is cancelled; on an error, an error frame then `done`."""
+    into zero or more frames, at most one batch per `interval` seconds (the first at
+    once). On the client going away (Starlette cancels this generator) the generation
+    is cancelled; on an error, an error frame then `done`."""
     try:
         while batch := await job.next_events():
             failure = next((e.error for e in batch if e.error is not None), None)
@@ -120,6 +121,10 @@ async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]]
             if failure is not None:
                 yield error(*failure)
                 break
+            if interval and frames and not job.finished:
+                # Every frame costs the event loop (JSON, SSE, a socket write) as much as
+                # the engine spends on a step for one row: let characters gather.
+                await asyncio.sleep(interval)
         job.completed()
         if done is not None:
             yield done

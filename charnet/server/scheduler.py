@@ -217,8 +217,7 @@ class Scheduler:
         with self.engine.lock:
             for job in cancels:
                 self._finish(job, None, out, cancel=True)
-            for job in starting:
-                self._start(job, out)
+            self._start_all(starting, out)
             self._timeouts(out)
             if len(self._batch):
                 self._step(out)
@@ -242,10 +241,28 @@ class Scheduler:
     def _timeout_message(self) -> str:
         return f"request exceeded the server's --request-timeout of {self.timeout:g} s"
 
+    def _start_all(self, jobs: list[Job], out: list) -> None:
+        """Start the jobs admitted this round, their prompts primed together; should
+        that fail, one by one, so a failure fails only its own request."""
+        if len(jobs) > 1:
+            try:
+                started = self._batch.add_many([group for job in jobs for group in job.groups])
+            except Exception:
+                log.exception("priming %d requests together on %s failed; starting them one by one",
+                              len(jobs), self.name)
+            else:
+                for job in jobs:
+                    for _ in job.groups:
+                        job.seqs += started.pop(0)
+                    self._started(job, out)
+                return
+        for job in jobs:
+            self._start(job, out)
+
     def _start(self, job: Job, out: list) -> None:
         try:
-            for request, n in job.groups:
-                job.seqs += self._batch.add(request, n)
+            for seqs in self._batch.add_many(job.groups):
+                job.seqs += seqs
         except Exception as e:  # a failure priming this prompt fails this request only
             log.exception("starting a request on %s failed", self.name)
             for seq in job.seqs:
@@ -253,6 +270,10 @@ class Scheduler:
             self._release(job)
             out.append((job, Out(error=(500, f"generation failed: {type(e).__name__}"), end=True)))
             return
+        self._started(job, out)
+
+    def _started(self, job: Job, out: list) -> None:
+        """Track a job whose sequences have joined the batch."""
         self._jobs.add(job)
         job.remaining = 0
         for index, seq in enumerate(job.seqs):

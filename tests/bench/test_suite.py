@@ -73,6 +73,18 @@ def test_quick_suite_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert again.read_text(encoding="utf-8").split("\n", 3)[3] == text.split("\n", 3)[3]  # past the source line
 
+    # --keep: re-measure one part, carry the others over, marked with where they came from
+    proc = subprocess.run([sys.executable, "-m", "bench", "all", "--quick", "--only", "flops", "--keep", str(path),
+                           "--out", str(tmp_path / "second"), "--report", str(tmp_path / "second.md")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [second] = (tmp_path / "second").glob("*.json")
+    merged = json.loads(second.read_text(encoding="utf-8"))["parts"]
+    assert list(merged) == ["flops", "encode", "sample", "quality"]
+    assert "kept_from" not in merged["flops"] and merged["encode"]["kept_from"]["file"] == path.name
+    assert merged["encode"]["data"] == parts["encode"]
+    assert "Carried over from an earlier run" in (tmp_path / "second.md").read_text(encoding="utf-8")
+
 
 def test_unknown_benchmark_is_an_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench", "all", "--only", "nope", "--out", str(tmp_path)],

@@ -140,7 +140,7 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
         return jobs.sse(APIError(status, message).body())
 
     async def body_stream():
-        async for frame in jobs.stream(model, job, render, error, done=None):
+        async for frame in jobs.stream(model, job, render, error, done=None, interval=state.settings.stream_interval):
             yield frame
         if include_usage and job.finished and job.failed is None:
             yield jobs.sse({**head, "choices": [], "usage": choices.usage()})

@@ -73,6 +73,8 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
     def error(status: int, message: str) -> str:
         return frame(APIError(status, message).body())
 
-    return StreamingResponse(jobs.stream(model, job, render, error, done=None if ndjson else "data: [DONE]\n\n"),
+    frames = jobs.stream(model, job, render, error, done=None if ndjson else "data: [DONE]\n\n",
+                         interval=state.settings.stream_interval)
+    return StreamingResponse(frames,
                              media_type=NDJSON if ndjson else "text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
