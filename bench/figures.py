@@ -3,7 +3,7 @@
 Each benchmark's own JSON is read by its keys:
 - train_throughput: ``results`` rows (``cell``, ``trainer_chars_per_s``,
   ``bare_chars_per_s``, ``trainer_over_bare``), ``ratios["peephole/lstm"]`` and ``shape``;
-- serve_load: ``levels`` rows (``clients``, ``chars_per_s``, ``ttfc_p99_ms``, ``errors``);
+- serve_load: ``levels`` rows (``clients``, ``chars_per_s``, ``ttfc_p99_ms``, ``headers_p99_ms``, ``errors``);
 - sample_throughput, encode, flops and quality: as they write them.
 A figure not there is None, and the report says "not measured" for it.
 """
@@ -58,8 +58,9 @@ def train_figures(data: dict | None, flops: dict | None) -> dict:
 
 
 def serve_figures(data: dict | None) -> list[dict]:
-    """The concurrency sweep: clients, aggregate chars/s, p99 time to first char, errors."""
-    return [{k: row.get(k) for k in ("clients", "chars_per_s", "ttfc_p99_ms", "errors")}
+    """The concurrency sweep: clients, aggregate chars/s, p99 time to first char and to
+    the response headers, errors."""
+    return [{k: row.get(k) for k in ("clients", "chars_per_s", "ttfc_p99_ms", "headers_p99_ms", "errors")}
             for row in sorted((data or {}).get("levels", []), key=lambda r: r["clients"])]
 
 

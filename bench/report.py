@@ -203,10 +203,12 @@ def serve_section(results: dict, report: Path, plots_dir: Path, stem: str) -> li
         return lines + [status_line(results, "serve") if part(results, "serve") is None else
                         "not measured: no concurrency sweep found in serve_load's results", ""]
     base = rows[0]["chars_per_s"] if rows[0]["clients"] == 1 else None
-    lines += _table(["clients", "aggregate chars/s", "vs 1 client", "p99 time to first char", "errors"],
+    lines += _table(["clients", "aggregate chars/s", "vs 1 client", "p99 time to first char",
+                     "p99 time to response headers", "errors"],
                     [[r["clients"], _num(r["chars_per_s"]),
                       _num(r["chars_per_s"] / base if base and r["chars_per_s"] else None, ".1f", "x"),
-                      _num(r["ttfc_p99_ms"], ".0f", " ms"), r["errors"]] for r in rows])
+                      _num(r["ttfc_p99_ms"], ".0f", " ms"), _num(r["headers_p99_ms"], ".0f", " ms"), r["errors"]]
+                     for r in rows])
     return lines + _image(plots.serve(plots_dir / f"{stem}-serve.png", rows), report, "serving under load")
 
 

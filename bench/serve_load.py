@@ -78,22 +78,24 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def one_client(http: httpx.AsyncClient, url: str, model: str, index: int, chars: int,
-                     headers: dict[str, str]) -> tuple[int, float | None, str | None]:
-    """(characters received, seconds to the first, error or None)."""
+                     headers: dict[str, str]) -> tuple[int, float | None, str | None, float | None]:
+    """(characters received, seconds to the first, error or None, seconds to the response
+    headers: the part of the wait spent connecting and being admitted)."""
     body = {"model": model, "prompt": PROMPTS[index % len(PROMPTS)], "max_tokens": chars, "temperature": 1.0,
             "seed": index, "stream": True}
     start = time.perf_counter()
-    first, received, finished = None, 0, False
+    first, received, finished, head = None, 0, False, None
     try:
         async with http.stream("POST", f"{url}/v1/completions", json=body, headers=headers) as r:
+            head = time.perf_counter() - start
             if r.status_code != 200:
-                return 0, None, f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+                return 0, None, f"HTTP {r.status_code}: {(await r.aread())[:200]!r}", head
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 event = json.loads(line[6:])
                 if "error" in event:
-                    return received, first, f"error event: {event['error'].get('message')}"
+                    return received, first, f"error event: {event['error'].get('message')}", head
                 choice = event["choices"][0]
                 if choice["text"]:
                     if first is None:
@@ -101,10 +103,10 @@ async def one_client(http: httpx.AsyncClient, url: str, model: str, index: int, 
                     received += len(choice["text"])
                 finished = finished or choice["finish_reason"] is not None
     except httpx.HTTPError as e:
-        return received, first, f"{type(e).__name__}: {e}"
+        return received, first, f"{type(e).__name__}: {e}", head
     if not finished or received != chars:
-        return received, first, f"incomplete: {received} of {chars} characters"
-    return received, first, None
+        return received, first, f"incomplete: {received} of {chars} characters", head
+    return received, first, None, head
 
 
 async def level(url: str, model: str, clients: int, chars: int, headers: dict[str, str]) -> dict:
@@ -114,12 +116,14 @@ async def level(url: str, model: str, clients: int, chars: int, headers: dict[st
         results = await asyncio.gather(*(one_client(http, url, model, i, chars, headers) for i in range(clients)))
         wall = time.perf_counter() - start
     ttfc = [r[1] for r in results if r[1] is not None]
+    heads = [r[3] for r in results if r[3] is not None]
     errors = [r[2] for r in results if r[2] is not None]
     total = sum(r[0] for r in results)
     return {"clients": clients, "chars": total, "wall_s": round(wall, 3), "chars_per_s": round(total / wall, 1),
             "per_client_chars_per_s": round(total / wall / clients, 1),
             "ttfc_p50_ms": round(statistics.median(ttfc) * 1e3, 1) if ttfc else None,
             "ttfc_p99_ms": round(percentile(ttfc, 99) * 1e3, 1) if ttfc else None,
+            "headers_p99_ms": round(percentile(heads, 99) * 1e3, 1) if heads else None,
             "errors": len(errors), "error_examples": errors[:3]}
 
 
@@ -183,14 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {model}: {info.get('cell')} {info.get('layers')}x{info.get('hidden')}, "
               f"{chars} characters per client, {os.cpu_count()} CPUs")
         print(f"{'clients':>7} {'chars/s':>9} {'per client':>10} {'vs 1':>6} {'TTFC p50':>9} {'TTFC p99':>9} "
-              f"{'errors':>6}")
+              f"{'headers p99':>11} {'errors':>6}")
         for clients in levels:
             row = asyncio.run(level(url, model, clients, chars, headers))
             row["ratio_vs_1"] = round(row["chars_per_s"] / rows[0]["chars_per_s"], 2) if rows else 1.0
             rows.append(row)
             print(f"{clients:>7} {row['chars_per_s']:>9.0f} {row['per_client_chars_per_s']:>10.1f} "
                   f"{row['ratio_vs_1']:>5.1f}x {row['ttfc_p50_ms']:>7} ms {row['ttfc_p99_ms']:>7} ms "
-                  f"{row['errors']:>6}", flush=True)
+                  f"{row['headers_p99_ms']:>8} ms {row['errors']:>6}", flush=True)
             for example in row["error_examples"]:
                 print(f"        error: {example}")
         rss_after = rss_mb(proc.pid) if proc else None
