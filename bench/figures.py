@@ -112,6 +112,9 @@ def targets(results: dict) -> list[Target]:
                       lambda v: v >= 5, "{:.1f}x", no_sample))
     out.append(_judge("Single-stream sampling vs the bandwidth bound", ">= 50%", sample.get("single_vs_bound"),
                       lambda v: v >= 0.5, "{:.0%}", no_sample))
+    out.append(_judge("64 streams sampled together vs one stream", ">= 20x",
+                      (sample.get("batched_vs_single") or {}).get("64"), lambda v: v >= 20, "{:.1f}x",
+                      "not measured: no 64-stream run in sample_throughput's results" if sample else no_sample))
 
     one, many = serve.get(1, {}).get("chars_per_s"), serve.get(64, {}).get("chars_per_s")
     out.append(_judge("Server aggregate at 64 clients vs 1 client", ">= 20x", many / one if one and many else None,

@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 TARGET_NAMES = [
     "Trainer vs the bare PyTorch loop (lstm)", "Peephole vs lstm training speed",
     "Single-stream sampling vs the naive loop", "Single-stream sampling vs the bandwidth bound",
-    "Server aggregate at 64 clients vs 1 client", "p99 time to first character at 64 clients",
+    "64 streams sampled together vs one stream", "Server aggregate at 64 clients vs 1 client", "p99 time to first character at 64 clients",
     "tinyshakespeare val loss, 15 min on a 2-core CPU", "tinyshakespeare val loss, 10 min on one H100",
     "Cached corpus encoding",
 ]
@@ -187,6 +187,12 @@ def test_targets_judged_and_missing_ones_not_measured():
     for name in ("Trainer vs the bare PyTorch loop (lstm)", "Cached corpus encoding",
                  "Server aggregate at 64 clients vs 1 client"):
         assert judged[name].status == "not measured" and "not run" in judged[name].note
+    # sample_throughput's JSON keys its batch sizes as strings
+    sample = {"single_vs_naive": 9.0, "single_vs_bound": 0.3, "batched_vs_single": {"1": 1.0, "64": 11.6}}
+    judged = {t.name: t for t in figures.targets(results_with(sample=sample))}
+    assert (judged["64 streams sampled together vs one stream"].measured, judged[
+        "64 streams sampled together vs one stream"].status) == ("11.6x", "not met")
+    assert judged["Single-stream sampling vs the bandwidth bound"].measured == "30%"
     slow = {t.name: t for t in figures.targets(results_with(quality=quality_data(1.55)))}
     assert slow["tinyshakespeare val loss, 15 min on a 2-core CPU"].status == "not met"
     for data in (quality_data(1.2, budget=1800), quality_data(1.2, quick=True)):
@@ -212,6 +218,12 @@ def test_report_tables_and_plots(tmp_path):
         assert (tmp_path / "plots" / f"r-{name}.png").is_file(), name
         assert f"](plots/r-{name}.png)" in text
     assert not (tmp_path / "plots" / "r-quality-cuda.png").exists()
+    assert "## Analysis" not in text
+    # a hand-written analysis kept beside the results goes in under the targets
+    (tmp_path / "r.notes.md").write_text("The 64-client p99 waits on **the client**.\n", encoding="utf-8")
+    text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
+    assert text.index("## Targets") < text.index("## Analysis of this run") < text.index("## Published references")
+    assert "The 64-client p99 waits on **the client**." in text
 
 
 def test_report_says_not_measured_for_parts_not_run(tmp_path):
