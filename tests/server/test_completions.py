@@ -103,6 +103,21 @@ async def test_stream_matches_the_whole_response(make_app):
     assert tokens == whole["choices"][0]["logprobs"]["tokens"] and offsets == list(range(30))
 
 
+async def test_stream_interval_gathers_characters_into_fewer_chunks(make_app):
+    """--stream-interval spaces a stream's chunks out: the same text arrives in a few
+    chunks, each carrying what was generated meanwhile, instead of about one a step."""
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 400, "seed": 3, "stream": True}
+    texts, counts = [], []
+    for interval in (0.0, 0.5):
+        async with make_app(stream_interval=interval) as api:
+            r = await api.client.post("/v1/completions", json=body)
+        chunks = [c for c in events(r.text)[:-1] if c["choices"][0]["text"]]
+        texts.append("".join(c["choices"][0]["text"] for c in chunks))
+        counts.append(len(chunks))
+    assert texts[0] == texts[1] and len(texts[0]) == 400
+    assert counts[1] < counts[0] and counts[1] <= 1 + 400 // 100, counts
+
+
 async def test_stream_without_usage_and_with_echo(make_app):
     async with make_app() as api:
         r = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "abc", "max_tokens": 5,
