@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from bench.flops import flops_per_char
 
-CELLS = ("rnn", "lstm", "peephole", "gru")
 DEFAULT_VOCAB = 66  # tinyshakespeare's 65 characters and the unknown id
 
 

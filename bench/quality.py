@@ -202,8 +202,6 @@ def main() -> None:
     else:
         results["corpus"] = describe_corpus(corpus)
         cpu_sets, gpu_sets = parse_sets(args.set, cells), parse_sets(args.gpu_set, cells)
-        import torch
-
         plan = [("cpu", budget, CPU_DEFAULTS, CPU_PER_CELL, cpu_sets)]
         if args.no_gpu:
             results["cuda_skipped"] = "--no-gpu given"

@@ -17,7 +17,6 @@ Targets (the sampling issue): single stream >= 5x naive and >= 50% of the bound;
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -25,10 +24,9 @@ from pathlib import Path
 import torch
 
 import charnet
-from bench.common import machine
+from bench.common import machine, untrained_lstm, write_json
+from bench.flops import mv_gbps
 from charnet.engine import Engine
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def engine_for(spec: str | None) -> tuple[Engine, str]:
@@ -40,12 +38,8 @@ def engine_for(spec: str | None) -> tuple[Engine, str]:
         return charnet.load("shakespeare"), "shakespeare (bundled)"
     except Exception:  # no bundled model in this checkout
         from charnet.checkpoint import Checkpoint
-        from charnet.config import ModelConfig
-        from charnet.model import CharRNN
-        from charnet.tokenizer import Vocab
 
-        vocab = Vocab.from_chars(open(ROOT / "corpora" / "shakespeare.txt", encoding="utf-8").read(200_000))
-        model = CharRNN(ModelConfig(vocab_size=vocab.size)).eval()
+        model, vocab = untrained_lstm()
         return Engine(Checkpoint(Path("untrained"), model, vocab, {})), "untrained 2x512 lstm"
 
 
@@ -76,13 +70,7 @@ def bandwidth_bound(engine: Engine, repeats: int = 200) -> dict:
     the steps per second that bandwidth allows."""
     step_bytes = engine.kernel.weight_bytes()
     side = int((step_bytes / 4) ** 0.5)
-    matrix, vector = torch.randn(side, side), torch.randn(side)
-    for _ in range(10):
-        torch.mv(matrix, vector)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        torch.mv(matrix, vector)
-    gbps = repeats * side * side * 4 / (time.perf_counter() - start) / 1e9
+    gbps = mv_gbps(side, side, repeats)
     return {"bytes_per_step": step_bytes, "mv_gb_per_s": gbps, "bound_chars_per_s": gbps * 1e9 / step_bytes}
 
 
@@ -134,8 +122,7 @@ def main() -> None:
                "batched_chars_per_s": batched, "batched_vs_single": {n: c / base for n, c in batched.items()},
                "rounds": {"naive": naive_runs, "single": single_runs}}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, results)
         print(f"wrote {args.json}")
 
 

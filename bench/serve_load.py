@@ -31,26 +31,17 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import ROOT, untrained_lstm, write_json
+
 LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
 PROMPTS = ("ROMEO:\n", "JULIET:\n", "First Citizen:\n", "KING HENRY IV:\n")
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def untrained_checkpoint(directory: Path) -> Path:
-    """A 2x512 LSTM over the bundled corpus's characters, saved untrained: as fast as a
-    trained one, and made in a second."""
-    import torch
-
+    """`bench.common.untrained_lstm`, saved as a checkpoint to serve."""
     from charnet.checkpoint import save_checkpoint
-    from charnet.config import ModelConfig
-    from charnet.model import CharRNN
-    from charnet.tokenizer import Vocab
 
-    text = (ROOT / "corpora" / "shakespeare.txt").read_text(encoding="utf-8")
-    torch.manual_seed(0)
-    vocab = Vocab.from_chars(text)
     target = directory / "lstm-2x512"
-    save_checkpoint(target, CharRNN(ModelConfig(vocab_size=vocab.size)), vocab, {"metrics": {}})
+    save_checkpoint(target, *untrained_lstm(), {"metrics": {}})
     return target
 
 
@@ -217,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                    "zero_errors": all(r["errors"] == 0 for r in rows)}
         print("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items()))
     if args.json:
-        args.json.write_text(json.dumps({"model": model, "model_info": info, "chars_per_client": chars,
-                                         "cpus": os.cpu_count(), "levels": rows, "rss_mb_before": rss_before,
-                                         "rss_mb_after": rss_after, "targets": targets}, indent=2) + "\n")
+        write_json(args.json, {"model": model, "model_info": info, "chars_per_client": chars,
+                               "cpus": os.cpu_count(), "levels": rows, "rss_mb_before": rss_before,
+                               "rss_mb_after": rss_after, "targets": targets})
     return 1 if any(r["errors"] for r in rows) else 0
 
 

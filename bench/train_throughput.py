@@ -20,7 +20,6 @@ Targets: trainer >= 0.9x the bare loop for lstm, and peephole >= 0.5x lstm.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -31,11 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import machine
+from bench.common import ROOT, machine, tinyshakespeare, write_json
+from charnet.config import CELLS
 
-ROOT = Path(__file__).resolve().parent.parent
-CORPORA = (ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt", ROOT / "corpora" / "shakespeare.txt")
-CELLS = ("rnn", "lstm", "peephole", "gru")
 TARGETS = {"lstm trainer/bare": 0.9, "peephole/lstm": 0.5}
 DROPOUT = 0.1  # charnet's default, in both loops
 
@@ -174,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from charnet.data import load_corpus
 
-    corpus_path = next(p for p in CORPORA if p.is_file())
+    corpus_path = tinyshakespeare() or ROOT / "corpora" / "shakespeare.txt"
     corpus = load_corpus([corpus_path])
     info = machine()
     print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} thread(s); "
@@ -209,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                   "shape": {**shape, "vocab_size": corpus.vocab.size, "dropout": DROPOUT},
                   "seconds_per_loop": args.seconds, "rounds": args.rounds, "quick": args.quick,
                   "results": results, "ratios": ratios, "targets": TARGETS, "targets_met": verdicts}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
         print(f"\nwrote {args.json}")
     return 0
 
