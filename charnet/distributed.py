@@ -41,24 +41,23 @@ class Dist:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def sum(self, values: list[float]) -> list[float]:
-        """Elementwise sums over all processes (in float64, so character counts stay exact)."""
+    def _reduce(self, values: list[float], op) -> list[float]:
         if not self.active:
             return list(values)
         t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        dist.all_reduce(t, op=op, group=self.group)
         return t.tolist()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Elementwise sums over all processes (in float64, so character counts stay exact)."""
+        return self._reduce(values, dist.ReduceOp.SUM)
 
     def max(self, values: list[float]) -> list[float]:
         """Elementwise maxima over all processes. Every decision the loop takes (stop,
         the learning rate from the clock) must be the same on every process: one that
         stops while the others step leaves them waiting forever in DDP's all-reduce,
         and different learning rates would make the replicas drift apart."""
-        if not self.active:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
-        return t.tolist()
+        return self._reduce(values, dist.ReduceOp.MAX)
 
     def gather(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
         """Concatenate every process' `tensor` along `dim`, in rank order, on the CPU."""

@@ -34,9 +34,8 @@ import torch
 from torch import Tensor
 
 from charnet.cells import State
+from charnet.config import PRECISIONS
 from charnet.model import CharRNN
-
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def _native_bf16(device: torch.device) -> bool:
@@ -71,7 +70,6 @@ class StepKernel:
                 "bfloat16" if _native_bf16(self.device) else "float32")
         if precision not in PRECISIONS[1:]:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-        self.precision = precision
         self.mm_dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.row_multiple = 1 if precision == "bfloat16" else 8
         rnn = model.rnn
@@ -97,7 +95,6 @@ class StepKernel:
             return self._pack(rows(t))
 
         self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.peep = [], [], [], [], []
-        b_ih0 = None
         for k in range(cfg.layers):
             if self.cell == "peephole":
                 w_ih, w_hh, bias, peep = rnn.layer(k)
@@ -109,7 +106,7 @@ class StepKernel:
                 if self.cell != "gru":  # the GRU keeps b_hn inside the reset product
                     b_ih, b_hh = b_ih + b_hh, None
             if k == 0:
-                w_ih0, b_ih0 = rows(w_ih), rows(b_ih)
+                w_ih0 = rows(w_ih)
             self.w_ih.append(matrix(w_ih) if k else None)
             self.w_hh.append(matrix(w_hh))
             self.b_ih.append(rows(b_ih))
@@ -118,7 +115,7 @@ class StepKernel:
             # Layer 0 sees only token ids: its input projection is one row per token,
             # computed once in float32.
             embed = model.embed.weight.detach().float()
-            self.table = torch.addmm(b_ih0, embed, w_ih0.t()).contiguous()  # (V, G*H)
+            self.table = torch.addmm(self.b_ih[0], embed, w_ih0.t()).contiguous()  # (V, G*H)
             self.w_out = self._pack(model.head.weight.detach().float())
             self.b_out = model.head.bias.detach().float().contiguous()
         self._buffers: dict[int, tuple[Tensor, ...]] = {}

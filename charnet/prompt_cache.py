@@ -100,20 +100,25 @@ class PromptCache:
             if not self._lengths[n]:
                 del self._lengths[n]
 
+    @staticmethod
+    def _marks(start: int, n: int) -> list[int]:
+        """Lengths at which priming from `start` to `n` caches a state: every BLOCK, and n."""
+        return sorted({*range((start // BLOCK + 1) * BLOCK, n, BLOCK), n})
+
     def prime(self, kernel: StepKernel, ids: np.ndarray) -> tuple[tuple[Tensor, ...], Tensor]:
         """The state after `ids` and the next logits, priming only what no cached
         prefix covers, and caching the states on the way."""
-        start, entry = self.lookup(ids)
+        return self._prime_from(kernel, ids, *self.lookup(ids))
+
+    def _prime_from(self, kernel: StepKernel, ids: np.ndarray, start: int,
+                    entry: _Entry | None) -> tuple[tuple[Tensor, ...], Tensor]:
+        """`prime`, given `lookup`'s answer for `ids`."""
+        self.hits += entry is not None
+        self.misses += entry is None
         if entry is not None and start == len(ids):
-            self.hits += 1
             return tuple(s.clone() for s in entry.state), entry.logits.clone()
-        if entry is not None:
-            self.hits += 1
-            state = tuple(s.clone() for s in entry.state)
-        else:
-            self.misses += 1
-            state = kernel.zero_state(1)
-        ends = sorted({*range((start // BLOCK + 1) * BLOCK, len(ids), BLOCK), len(ids)})
+        state = tuple(s.clone() for s in entry.state) if entry is not None else kernel.zero_state(1)
+        ends = self._marks(start, len(ids))
         digests = self._digests(ids, ends)
         ids_t = torch.as_tensor(ids.astype(np.int64), device=kernel.device)
         logits = None
@@ -129,12 +134,14 @@ class PromptCache:
         short stretch left to prime advance together, one token per batched kernel
         step, each from its longest cached prefix; a row computes what it would alone
         (see `charnet.kernel`), so the results equal priming each prompt by itself."""
+        if len(prompts) == 1:
+            return [self.prime(kernel, prompts[0])]
         results: list = [None] * len(prompts)
         rows = []  # (index, ids, start, cached state or None)
         for i, ids in enumerate(prompts):
-            start, entry = self.lookup(ids) if len(prompts) > 1 else (0, None)
-            if len(prompts) == 1 or len(ids) - start > LOCKSTEP_MAX or (entry is not None and start == len(ids)):
-                results[i] = self.prime(kernel, ids)
+            start, entry = self.lookup(ids)
+            if len(ids) - start > LOCKSTEP_MAX or (entry is not None and start == len(ids)):
+                results[i] = self._prime_from(kernel, ids, start, entry)
                 continue
             self.hits += entry is not None
             self.misses += entry is None
@@ -154,8 +161,7 @@ class PromptCache:
                 for dst, src in zip(state, entry.state):
                     dst[:, r] = src[:, 0]
             tokens[: len(ids) - start, r] = ids[start:]
-            marks = sorted({*range((start // BLOCK + 1) * BLOCK, len(ids), BLOCK), len(ids)})
-            ends.append(self._digests(ids, marks))
+            ends.append(self._digests(ids, self._marks(start, len(ids))))
             self.primed_tokens += len(ids) - start
         tokens_t = torch.from_numpy(tokens).to(kernel.device)
         for t in range(steps):

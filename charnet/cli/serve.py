@@ -18,15 +18,15 @@ Opt = typer.Option
 D = Settings()
 
 
-def _is_checkpoint(path: Path) -> bool:
+def _checkpoint_dir(path: Path) -> Path | None:
+    """The checkpoint `path` is or holds (a run directory's best/last), else None."""
     from charnet.checkpoint import resolve_dir
     from charnet.errors import CheckpointError
 
     try:
-        resolve_dir(path)
-        return True
+        return resolve_dir(path)
     except CheckpointError:
-        return False
+        return None
 
 
 def resolve_models(specs: list[str]) -> dict[str, str]:
@@ -52,22 +52,24 @@ def resolve_models(specs: list[str]) -> dict[str, str]:
         for root in checkpoint_roots():
             if root.is_dir():
                 for d in sorted(root.iterdir()):
-                    if d.is_dir() and not d.name.startswith(".") and d.name not in found and _is_checkpoint(d):
-                        found[d.name] = resolve_dir(d)
+                    if d.is_dir() and not d.name.startswith(".") and d.name not in found:
+                        if (directory := _checkpoint_dir(d)) is not None:
+                            found[d.name] = directory
         if not found:
             roots = ", ".join(str(r) for r in checkpoint_roots())
             raise CheckpointError(f"no checkpoints found under {roots}; pass a checkpoint directory")
     for spec in specs:
         path = Path(spec).expanduser()
-        if path.is_dir() and not _is_checkpoint(path):
-            children = [d for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")
-                        and _is_checkpoint(d)]
+        checkpoint = _checkpoint_dir(path) if path.is_dir() else None
+        if path.is_dir() and checkpoint is None:
+            children = [(d.name, c) for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                        and (c := _checkpoint_dir(d)) is not None]
             if not children:
                 raise CheckpointError(f"{spec}: not a checkpoint, and holds no checkpoint directories")
-            for child in children:
-                add(child.name, resolve_dir(child))
+            for name, directory in children:
+                add(name, directory)
         elif path.exists():
-            add(path.resolve().name, resolve_dir(path))
+            add(path.resolve().name, checkpoint or resolve_dir(path))  # a file: resolve_dir says what is wrong
         else:
             add(str(spec), find(spec))
     for directory in found.values():
