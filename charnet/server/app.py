@@ -32,6 +32,7 @@ from charnet.server.metrics import Metrics, RequestCounter
 from charnet.server.routers import completions, generate, health, models, score
 from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
+from charnet.training import resolve_device
 
 log = logging.getLogger("charnet.server")
 
@@ -102,7 +103,7 @@ def playground_html() -> str:
     return (resources.files("charnet.server") / "static" / "index.html").read_text(encoding="utf-8")
 
 
-def _model_info(name: str, engine: Engine) -> dict:
+def _model_info(engine: Engine) -> dict:
     config = engine.checkpoint.config
     metrics = engine.checkpoint.metrics
     cfg = engine.model.config
@@ -110,17 +111,17 @@ def _model_info(name: str, engine: Engine) -> dict:
             "parameters": engine.model.num_parameters(), "vocab_size": cfg.vocab_size,
             "tokenizer": engine.vocab.kind, "val_bits_per_char": metrics.get("val_bpc"),
             "step": metrics.get("step"), "state_bytes": engine.kernel.state_bytes(),
-            "corpus": (config.get("corpus") or {}).get("name") if isinstance(config.get("corpus"), dict) else None}
+            "corpus": config["corpus"].get("name") if isinstance(config.get("corpus"), dict) else None}
 
 
 def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:
     loaded: dict[str, Model] = {}
     for name, path in settings.models.items():
-        engine = Engine(load_checkpoint(Path(path), settings.device), cache_bytes=int(settings.cache_mb * (1 << 20)))
+        engine = Engine(load_checkpoint(Path(path), resolve_device(settings.device)), cache_bytes=int(settings.cache_mb * (1 << 20)))
         scheduler = Scheduler(name, engine, metrics, max_concurrency=settings.max_concurrency,
                               max_queue=settings.max_queue, timeout=settings.request_timeout)
         created = int((engine.path / "config.json").stat().st_mtime)
-        loaded[name] = Model(name, engine, scheduler, created, _model_info(name, engine))
+        loaded[name] = Model(name, engine, scheduler, created, _model_info(engine))
         log.info("loaded model %s from %s", name, engine.path)
     return loaded
 

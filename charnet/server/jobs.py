@@ -134,6 +134,9 @@ async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]]
             job.metrics.disconnects.labels(model.name).inc()
 
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no caching, no proxy buffering
+
+
 def sse(data: dict | str) -> str:
     """One Server-Sent Events frame."""
     payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))

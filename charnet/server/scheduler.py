@@ -263,10 +263,8 @@ class Scheduler:
         try:
             for seqs in self._batch.add_many(job.groups):
                 job.seqs += seqs
-        except Exception as e:  # a failure priming this prompt fails this request only
+        except Exception as e:  # a failure priming this prompt fails this request only (add_many left no rows)
             log.exception("starting a request on %s failed", self.name)
-            for seq in job.seqs:
-                self._batch.cancel(seq)
             self._release(job)
             out.append((job, Out(error=(500, f"generation failed: {type(e).__name__}"), end=True)))
             return
@@ -306,10 +304,8 @@ class Scheduler:
                 continue
             job, index = owner
             if piece.finish_reason == FINISH_ERROR:
-                self._running.pop(piece.seq.id, None)
                 self.metrics.failures.labels(self.name).inc()
-                error = getattr(piece.seq, "error", None)
-                self._finish(job, (500, f"generation failed: {type(error).__name__}"), out, cancel=True)
+                self._finish(job, (500, f"generation failed: {type(piece.seq.error).__name__}"), out, cancel=True)
                 continue
             if piece.text or piece.finish_reason or piece.logprobs:
                 out.append((job, Out(index, piece.text, piece.logprobs, piece.finish_reason)))

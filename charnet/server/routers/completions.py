@@ -19,7 +19,13 @@ from charnet.server.schemas import CompletionRequest, CompletionResponse
 router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[Depends(require_key)])
 
 NAMES = {"max_chars": "max_tokens"}  # engine field -> this API's field
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+def _by_index(events: list[Out]) -> dict[int, list[Out]]:
+    """Events grouped by choice index, each group in order."""
+    grouped: dict[int, list[Out]] = {}
+    for event in events:
+        grouped.setdefault(event.index, []).append(event)
+    return grouped
 
 
 def _refuse_unsupported(body: CompletionRequest) -> None:
@@ -73,8 +79,9 @@ class _Choices:
 
     def whole(self, events: list[Out]) -> list[dict[str, Any]]:
         choices = []
+        by_index = _by_index(events)
         for index in range(len(self.prompts) * self.n):
-            mine = [e for e in events if e.index == index]
+            mine = by_index.get(index, [])
             text = "".join(e.text for e in mine)
             finish = next((e.finish_reason for e in mine if e.finish_reason), None)
             choices.append({"index": index, "text": (self.prompt(index) if self.body.echo else "") + text,
@@ -84,13 +91,10 @@ class _Choices:
 
     def chunk_choices(self, events: list[Out]) -> list[dict[str, Any]]:
         """One choice entry per choice index that had news, in index order."""
-        by_index: dict[int, list[Out]] = {}
-        for event in events:
-            by_index.setdefault(event.index, []).append(event)
         return [{"index": index, "text": "".join(e.text for e in mine),
                  "logprobs": self.logprobs(index, mine, False),
                  "finish_reason": next((e.finish_reason for e in mine if e.finish_reason), None)}
-                for index, mine in sorted(by_index.items())]
+                for index, mine in sorted(_by_index(events).items())]
 
     def echo_choices(self) -> list[dict[str, Any]]:
         return [{"index": i, "text": self.prompt(i), "logprobs": self.logprobs(i, [], True), "finish_reason": None}
@@ -113,7 +117,7 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
     requests = [jobs.engine_request(p, max_chars=max_tokens, cap=settings.max_chars_cap, length_field="max_tokens",
                                     names=NAMES, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
                                     repetition_penalty=body.repetition_penalty, seed=body.seed,
-                                    stop=body.stop if body.stop is not None else (), logprobs=body.logprobs)
+                                    stop=body.stop, logprobs=body.logprobs)
                 for p in prompts]
     job = jobs.submit(http, model, [(r, body.n or 1) for r in requests])
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
@@ -146,4 +150,4 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
             yield jobs.sse({**head, "choices": [], "usage": choices.usage()})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(body_stream(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(body_stream(), media_type="text/event-stream", headers=jobs.SSE_HEADERS)

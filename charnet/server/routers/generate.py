@@ -43,7 +43,7 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
     request = jobs.engine_request(body.prompt, max_chars=body.length, cap=state.settings.max_chars_cap,
                                   length_field="length", names=NAMES, temperature=body.temperature,
                                   top_k=body.top_k, top_p=body.top_p, repetition_penalty=body.repetition_penalty,
-                                  seed=body.seed, stop=body.stop if body.stop is not None else (),
+                                  seed=body.seed, stop=body.stop,
                                   logprobs=body.logprobs)
     job = jobs.submit(http, model, [(request, 1)])
 
@@ -77,4 +77,4 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
                          interval=state.settings.stream_interval)
     return StreamingResponse(frames,
                              media_type=NDJSON if ndjson else "text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers=jobs.SSE_HEADERS)

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from charnet.server.deps import State
+from charnet.server.errors import APIError
 from charnet.server.routers import ERRORS
 from charnet.server.schemas import Health
 
@@ -28,9 +29,8 @@ async def ready(state: State) -> Response:
     that, while shutting down, or if an engine loop has died. Route traffic on this."""
     alive = state.ready and all(m.scheduler.alive for m in state.models.values())
     if not alive:
-        return JSONResponse({"error": {"message": "not ready: models loading, an engine loop down, or shutting "
-                                                  "down", "type": "server_error", "param": None,
-                                       "code": "not_ready"}}, status_code=503, headers={"Retry-After": "1"})
+        return APIError(503, "not ready: models loading, an engine loop down, or shutting down", code="not_ready",
+                        headers={"Retry-After": "1"}).response()
     return JSONResponse(Health(status="ready", models=list(state.models), pid=os.getpid()).model_dump())
 
 
