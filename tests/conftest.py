@@ -87,13 +87,17 @@ class Result:
     stderr: str
 
 
+def cli_env(env: dict | None = None) -> dict:
+    """The environment of a charnet subprocess: unbuffered, wide, one thread (the models
+    here are tiny, and two spinning OpenMP threads per process slow a busy 2-core
+    machine down several times over), then `env`."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", **(env or {})}
+
+
 def run_cli(*args: str | Path, env: dict | None = None, timeout: float = 300, cwd: Path | None = None) -> Result:
     """Run `python -m charnet ARGS` as a real subprocess."""
-    # One thread: the models here are tiny, and two spinning OpenMP threads per process
-    # slow a busy 2-core machine down several times over.
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "charnet", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd)
+                          env=cli_env(env), timeout=timeout, cwd=cwd)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -127,6 +131,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def boom(monkeypatch):
+    """Make every sequence whose prompt is "boom" raise on its fourth character."""
+    from charnet.generation import Sequence
+
+    real = Sequence._accept
+
+    def accept(self, *args):
+        if self.request.prompt == "boom" and self.generated >= 3:
+            raise RuntimeError("injected failure")
+        return real(self, *args)
+
+    monkeypatch.setattr(Sequence, "_accept", accept)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,10 +164,8 @@ def torchrun_command(*args: str | Path, nproc: int = 2, log_dir: Path | None = N
 
 
 def torchrun_env(env: dict | None = None) -> dict:
-    # One thread per process: two processes share CI's two cores. gloo on the loopback
-    # interface, whatever the machine's hostname resolves to.
-    extra = {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"} if sys.platform == "linux" else {"OMP_NUM_THREADS": "1"}
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra, **(env or {})}
+    # gloo on the loopback interface, whatever the machine's hostname resolves to
+    return cli_env({**({"GLOO_SOCKET_IFNAME": "lo"} if sys.platform == "linux" else {}), **(env or {})})
 
 
 def run_torchrun(*args: str | Path, nproc: int = 2, log_dir: Path | None = None, env: dict | None = None,

@@ -8,9 +8,9 @@ and is shut down by its fixture's finalizer.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +27,7 @@ from charnet.model import CharRNN
 from charnet.server.app import create_app
 from charnet.server.settings import Settings
 from charnet.tokenizer import Vocab
-from tests.conftest import BUNDLED, ROOT, TINY
+from tests.conftest import BUNDLED, ROOT, TINY, free_port
 
 API_KEY = "test-key-1234"
 MODEL = "tiny"
@@ -90,12 +90,6 @@ def make_app(models_dir):
                 yield AppClient(app, client)
 
     return factory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -177,6 +171,37 @@ def metric(text: str, name: str, **labels) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+def events(body: str) -> list:
+    """The JSON payloads of an SSE body, and the final [DONE] marker as the string."""
+    frames = [f.removeprefix("data: ") for f in body.split("\n\n") if f.strip()]
+    return [f if f == "[DONE]" else json.loads(f) for f in frames]
+
+
+def assert_error(r, status: int, param: str | None = None, fragment: str = "") -> dict:
+    """`r` is an error response in OpenAI's shape: `status`, naming `param`, whose
+    message holds `fragment`."""
+    assert r.status_code == status, (r.status_code, r.text)
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["param"] == param, error
+    assert fragment in error["message"], error
+    return error
+
+
+def running(server) -> float:
+    """charnet_requests_running of MODEL on a live server (`Server` or anything with `.url`)."""
+    return metric(httpx.get(f"{server.url}/metrics").text, "charnet_requests_running", model=MODEL)
+
+
+def wait_until(condition, timeout: float = 30) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 @pytest.fixture

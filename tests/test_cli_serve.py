@@ -12,9 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import assert_clean_error, run_cli
-from tests.serving import API_KEY, MODEL, auth, metric
-from tests.test_cli import cli
+from tests.conftest import assert_clean_error, cli, run_cli
+from tests.serving import API_KEY, MODEL, auth, metric, running, wait_until
 
 PROMPT = "ROMEO:\nBut soft"
 
@@ -131,19 +130,6 @@ def test_32_concurrent_streams_equal_their_solo_runs(server, solo):
         assert text == solo(body["prompt"], max_chars=body["max_tokens"], temperature=1.0, seed=body["seed"]).text
 
 
-def _running(server) -> float:
-    return metric(httpx.get(f"{server.url}/metrics").text, "charnet_requests_running", model=MODEL)
-
-
-def _wait_running(server, value: float, timeout: float = 30) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while _running(server) != value:
-        assert time.monotonic() < deadline, f"running requests never reached {value}"
-        time.sleep(0.05)
-
-
 def test_disconnect_mid_stream_frees_the_slot(server):
     before = metric(httpx.get(f"{server.url}/metrics").text, "charnet_client_disconnects_total", model=MODEL)
     body = {"model": MODEL, "prompt": "x", "max_tokens": 2000, "stream": True}
@@ -151,9 +137,9 @@ def test_disconnect_mid_stream_frees_the_slot(server):
                                                        headers=auth()) as r:
         lines = r.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
-        assert _running(server) == 1
+        assert running(server) == 1
     # Closing the connection mid-stream cancels the generation at once.
-    _wait_running(server, 0)
+    wait_until(lambda: running(server) == 0)
     after = metric(httpx.get(f"{server.url}/metrics").text, "charnet_client_disconnects_total", model=MODEL)
     assert after == before + 1
 
@@ -164,14 +150,14 @@ def test_disconnect_while_waiting_for_a_whole_response(server):
     async def run() -> None:
         async with httpx.AsyncClient(timeout=60) as http:
             task = asyncio.create_task(http.post(f"{server.url}/v1/completions", json=body, headers=auth()))
-            while await asyncio.to_thread(_running, server) != 1:
+            while await asyncio.to_thread(running, server) != 1:
                 await asyncio.sleep(0.02)
             task.cancel()  # httpx closes the connection
 
     # 2000 characters of the tiny model take long enough to catch it running; if it
     # finished first, the gauge is 0 anyway and the assertion below still holds.
     asyncio.run(run())
-    _wait_running(server, 0)
+    wait_until(lambda: running(server) == 0)
 
 
 # -- replicas -----------------------------------------------------------------------------------

@@ -61,9 +61,7 @@ def runs(tmp_path_factory, shakespeare_text):
     base = tmp_path_factory.mktemp("dist")
     corpus = base / "small.txt"
     corpus.write_text(shakespeare_text, encoding="utf-8")
-    # One thread per process, single-process runs included: a tiny model gains nothing
-    # from two, and on a busy machine two threads spin-wait for each other.
-    env = {"CHARNET_CACHE_DIR": str(base / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {"CHARNET_CACHE_DIR": str(base / "cache")}  # run_cli and run_torchrun give each process one thread
     ddp = run_torchrun("train", corpus, *tiny(4), "--max-steps", STEPS, "--out", base / "ddp",
                        log_dir=base / "logs", env=env)
     single = run_cli("train", corpus, *tiny(8), "--max-steps", STEPS, "--out", base / "single", env=env)

@@ -10,7 +10,7 @@ from charnet.checkpoint import Checkpoint, load_checkpoint
 from charnet.config import ModelConfig
 from charnet.engine import Engine
 from charnet.errors import ConfigError
-from charnet.generation import FINISH_ERROR, MAX_CHARS, Batch, GenerationRequest, Sequence, _StopMatcher
+from charnet.generation import FINISH_ERROR, MAX_CHARS, Batch, GenerationRequest, _StopMatcher
 from charnet.kernel import StepKernel
 from charnet.model import CharRNN
 from charnet.prompt_cache import BLOCK, LOCKSTEP_MAX, PromptCache
@@ -217,20 +217,8 @@ def engine(tmp_path_factory) -> Engine:
     return Engine(Checkpoint(tmp_path_factory.mktemp("ckpt"), model.eval(), vocab, {}))
 
 
-def _failing_accept(monkeypatch, prompt: str) -> None:
-    real = Sequence._accept
-
-    def accept(self, *args):
-        if self.request.prompt == prompt and self.generated >= 3:
-            raise RuntimeError("injected")
-        return real(self, *args)
-
-    monkeypatch.setattr(Sequence, "_accept", accept)
-
-
-def test_one_failing_sequence_leaves_the_others_untouched(engine, monkeypatch):
+def test_one_failing_sequence_leaves_the_others_untouched(engine, boom):
     solo_texts = [engine.generate(p, max_chars=30, seed=7).text for p in ("to be", "or not")]
-    _failing_accept(monkeypatch, "boom")
     batch = engine.new_batch()
     seqs = [batch.add(engine.request(p, max_chars=30, seed=7))[0] for p in ("to be", "boom", "or not")]
     finishes = {}
@@ -243,8 +231,7 @@ def test_one_failing_sequence_leaves_the_others_untouched(engine, monkeypatch):
     assert [seqs[0].text, seqs[2].text] == solo_texts
 
 
-def test_generate_and_stream_raise_the_sequence_error(engine, monkeypatch):
-    _failing_accept(monkeypatch, "boom")
+def test_generate_and_stream_raise_the_sequence_error(engine, boom):
     with pytest.raises(RuntimeError, match="injected"):
         engine.generate("boom", max_chars=10, seed=1)
     with pytest.raises(RuntimeError, match="injected"):

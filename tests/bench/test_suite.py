@@ -203,11 +203,11 @@ def test_targets_judged_and_missing_ones_not_measured():
 
 SERVE = {"levels": [{"clients": n, "chars_per_s": 100.0 * n ** 0.8, "ttfc_p99_ms": 2.0 * n, "errors": None}
                     for n in (1, 8, 64)]}
-TRAIN = TRAIN_THROUGHPUT
 
 
 def test_report_tables_and_plots(tmp_path):
-    results = results_with(quality=quality_data(1.45), serve=SERVE, train=TRAIN, flops={"peak_gflops": 50.0})
+    results = results_with(quality=quality_data(1.45), serve=SERVE, train=TRAIN_THROUGHPUT,
+                           flops={"peak_gflops": 50.0})
     path = tmp_path / "r.json"
     path.write_text(json.dumps(results), encoding="utf-8")
     text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.serving import MODEL
+from tests.serving import MODEL, events
 
 pytestmark = pytest.mark.anyio
 
 PROMPT = "ROMEO:\nWhat light"
-
-
-def events(body: str) -> list:
-    """The JSON payloads of an SSE body, and the final [DONE] marker as the string."""
-    frames = [f.removeprefix("data: ") for f in body.split("\n\n") if f.strip()]
-    return [f if f == "[DONE]" else json.loads(f) for f in frames]
 
 
 async def complete(api, **body):

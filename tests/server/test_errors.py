@@ -6,19 +6,9 @@ import json
 
 import pytest
 
-from tests.serving import MODEL
+from tests.serving import MODEL, assert_error
 
 pytestmark = pytest.mark.anyio
-
-
-def assert_error(r, status: int, param: str | None = None, fragment: str = "") -> dict:
-    assert r.status_code == status, (r.status_code, r.text)
-    error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["param"] == param, error
-    assert fragment in error["message"], error
-    return error
 
 
 @pytest.mark.parametrize("body, param", [

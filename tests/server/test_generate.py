@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from tests.serving import MODEL, OTHER
-from tests.server.test_completions import events
+from tests.serving import MODEL, OTHER, events
 
 pytestmark = pytest.mark.anyio
 

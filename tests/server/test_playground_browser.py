@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.serving import API_KEY, MODEL, OTHER, auth, metric
+from tests.serving import API_KEY, MODEL, OTHER, auth, running, wait_until
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -126,17 +126,6 @@ def page(opened):
 def settings(page, **values) -> None:
     for name, value in values.items():
         page.fill(f"#{name}", str(value))
-
-
-def running(served) -> float:
-    return metric(httpx.get(f"{served.url}/metrics").text, "charnet_requests_running", model=MODEL)
-
-
-def wait_until(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def luminance(css: str) -> float:

@@ -4,14 +4,12 @@ and the prompt-state cache, driven through the app in-process."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
-from charnet.generation import Sequence
 from charnet.prompt_cache import PromptCache
-from tests.serving import MODEL, metric
-from tests.server.test_completions import PROMPT, events
+from tests.serving import MODEL, events, metric
+from tests.server.test_completions import PROMPT
 
 pytestmark = pytest.mark.anyio
 
@@ -67,19 +65,6 @@ async def test_request_timeout(make_app):
         assert gauges(api) == (0, 0)
         text = (await api.client.get("/metrics")).text
         assert metric(text, "charnet_request_timeouts_total", model=MODEL) == 2
-
-
-@pytest.fixture
-def boom(monkeypatch):
-    """Make every sequence whose prompt is "boom" raise on its fourth character."""
-    real = Sequence._accept
-
-    def accept(self, *args):
-        if self.request.prompt == "boom" and self.generated >= 3:
-            raise RuntimeError("injected failure")
-        return real(self, *args)
-
-    monkeypatch.setattr(Sequence, "_accept", accept)
 
 
 async def test_a_failing_generation_fails_only_its_request(make_app, boom, solo):
@@ -163,4 +148,4 @@ async def test_shutdown_ends_queued_and_running_requests(make_app):
         await asyncio.to_thread(api.state.models[MODEL].scheduler.close)
         r, s = await running, await waiting
         assert r.status_code == 503
-        assert json.loads(s.text.split("\n\n")[0].removeprefix("data: "))["error"]["code"] is None
+        assert events(s.text)[0]["error"]["code"] is None

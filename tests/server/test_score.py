@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from tests.conftest import cli
-from tests.serving import MODEL, metric
+from tests.serving import MODEL, assert_error, metric
 
 pytestmark = pytest.mark.anyio
 
@@ -73,8 +73,7 @@ async def test_errors_are_openai_shaped(make_app):
         ]
         for body, headers, status, param in cases:
             r = await api.client.post("/v1/score", json=body, headers=headers)
-            assert r.status_code == status, (body, r.text)
-            assert r.json()["error"]["param"] == param and r.json()["error"]["message"]
+            assert_error(r, status, param)
         r = await api.client.post("/v1/score", json={"model": MODEL, "text": "x" * 51}, headers=key)
         assert "50" in r.json()["error"]["message"] and r.json()["error"]["code"] == "text_too_long"
 
