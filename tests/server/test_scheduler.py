@@ -88,14 +88,17 @@ async def test_a_failing_generation_fails_only_its_request(make_app, boom, solo)
 
 
 async def test_a_failing_prime_fails_only_its_request(make_app, monkeypatch):
-    real = PromptCache.prime
+    # Priming fails for any set of prompts holding the 13-character one, so whether the two
+    # requests are admitted in one round (primed together, then retried one by one) or
+    # in two, only that request may fail.
+    real = PromptCache.prime_many
 
-    def prime(self, kernel, ids):
-        if len(ids) == 13:
+    def prime_many(self, kernel, prompts):
+        if any(len(ids) == 13 for ids in prompts):
             raise MemoryError("injected")
-        return real(self, kernel, ids)
+        return real(self, kernel, prompts)
 
-    monkeypatch.setattr(PromptCache, "prime", prime)
+    monkeypatch.setattr(PromptCache, "prime_many", prime_many)
     async with make_app() as api:
         bad, good = await asyncio.gather(
             api.client.post("/v1/completions", json={"model": MODEL, "prompt": "13 characters"}),
