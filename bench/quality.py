@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from bench.common import ROOT, machine, tinyshakespeare, write_json
-from charnet.kernel import _native_bf16
+from charnet.device import native_bf16
 
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 REFERENCES = {"nanogpt_gpu": 1.4697, "nanogpt_cpu": 1.88}
@@ -60,7 +60,7 @@ TARGETS = {"cpu": {"val_loss": 1.50, "budget_s": 900}, "cuda": {"val_loss": 1.40
 # bf16 autocast where the CPU has native bf16: 1.7-2x the characters in the same time.
 CPU_DEFAULTS = {"layers": 2, "hidden": 512, "embedding": 128, "dropout": 0.2, "seq_len": 128, "batch_size": 64,
                 "lr": 2e-3, "warmup": 100, "eval_every": 40, "eval_chars": 20_000,
-                "precision": "bfloat16" if _native_bf16(torch.device("cpu")) else "float32"}
+                "precision": "bfloat16" if native_bf16(torch.device("cpu")) else "float32"}
 CPU_PER_CELL: dict[str, dict] = {"lstm": {}, "gru": {}, "peephole": {}}
 # On a GPU the same 10 minutes buys ~100x the characters: a wider model with more
 # dropout, longer windows and larger batches. Untested starting point: no GPU was at

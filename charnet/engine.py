@@ -156,7 +156,7 @@ def load(path_or_name: str | Path, device: str | torch.device = "cpu") -> Engine
     """Load a checkpoint (a directory, a run directory, or a name under checkpoints/)
     for generation. Loaded models are cached per checkpoint and device, and reloaded
     when the checkpoint changes on disk."""
-    from charnet.training import resolve_device
+    from charnet.device import resolve_device
 
     directory = find(path_or_name)
     dev = resolve_device(device) if isinstance(device, str) else device

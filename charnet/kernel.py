@@ -35,16 +35,8 @@ from torch import Tensor
 
 from charnet.cells import State
 from charnet.config import PRECISIONS
+from charnet.device import native_bf16
 from charnet.model import CharRNN
-
-
-def _native_bf16(device: torch.device) -> bool:
-    if device.type != "cpu":
-        return False  # GPU GEMMs give no such guarantee across batch sizes
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _half_sigmoid_(x: Tensor) -> Tensor:
@@ -67,7 +59,7 @@ class StepKernel:
         self.device = model.head.weight.device
         if precision == "auto":
             precision = os.environ.get("CHARNET_KERNEL_PRECISION") or (
-                "bfloat16" if _native_bf16(self.device) else "float32")
+                "bfloat16" if native_bf16(self.device) else "float32")
         if precision not in PRECISIONS[1:]:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         self.mm_dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32

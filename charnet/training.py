@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from charnet.checkpoint import Checkpoint, ResumeState, recover, save_checkpoint
 from charnet.config import ModelConfig, TrainConfig
 from charnet.data import EncodedCorpus, Streams, eval_streams
+from charnet.device import native_bf16, resolve_device
 from charnet.distributed import Dist
 from charnet.errors import CharnetError, ConfigError
 from charnet.evaluation import autocast_for, evaluate
@@ -39,24 +40,6 @@ from charnet.model import CharRNN, detach_state
 from charnet.monitor import Monitor, bits
 
 RUN_FILES = ("best", "last", "metrics.jsonl", "loss.png", "tensorboard")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """The torch device for ``auto|cpu|cuda|mps``; auto prefers CUDA, then MPS."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device", "cuda was asked for, but PyTorch sees no CUDA device")
-        return torch.device("cuda", local_rank)
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device", "mps was asked for, but this PyTorch has no MPS device")
-    return torch.device(name)
 
 
 def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
@@ -145,6 +128,9 @@ class Trainer:
         self.corpus, self.cfg, self.out = corpus, cfg, Path(out)
         self.dist = dist or Dist()
         self.device = resolve_device(cfg.device, self.dist.local_rank)
+        if cfg.precision == "bfloat16" and self.device.type == "cpu" and not native_bf16(self.device):
+            raise ConfigError("precision", "bfloat16 on the CPU needs native bf16 products (AVX512-BF16 or AMX), "
+                                           "which this CPU lacks; use float32 (or auto)")
         train_ids, val_ids = corpus.split(cfg.val_fraction)
         self.streams = Streams(train_ids, cfg.batch_size, cfg.seq_len, self.dist.rank, self.dist.world_size)
         self.val = None

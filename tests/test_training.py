@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 from charnet.config import ModelConfig, TrainConfig
 from charnet.data import load_corpus
+from charnet.device import native_bf16
 from charnet.training import Trainer, lr_at
-from tests.conftest import BUNDLED, TINY, run_cli
+from tests.conftest import BUNDLED, TINY, assert_clean_error, run_cli
 
 
 def tiny_run(corpus_path, out, cell="lstm", **train):
@@ -161,6 +162,10 @@ def test_default_corpus_beats_unigram_entropy_within_a_few_hundred_steps(tmp_pat
     assert metrics["val_bpc"] < metrics["unigram_bpc"] - 1.4, metrics
 
 
+NATIVE_BF16 = native_bf16(torch.device("cpu"))
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bfloat16 products")
 @pytest.mark.parametrize("cell", ["lstm", "peephole"])
 def test_bfloat16_autocast_on_cpu_learns_and_reproduces(small_corpus, tmp_path, cell):
     """--precision bfloat16 (opt-in on CPU): the model still learns, the checkpoint stays
@@ -176,3 +181,12 @@ def test_bfloat16_autocast_on_cpu_learns_and_reproduces(small_corpus, tmp_path, 
     assert first.final_val == second.final_val
     weights = load_file(tmp_path / "a" / "last" / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in weights.values())
+
+
+@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native bfloat16 products")
+def test_bfloat16_without_native_support_is_a_clean_error(small_corpus, tmp_path):
+    """Emulated bf16 is slower than float32 and oneDNN's LSTM refuses it: one line, not a
+    traceback from the first step."""
+    result = run_cli("train", small_corpus, *TINY, "--max-steps", "2", "--precision", "bfloat16",
+                     "--out", tmp_path / "run")
+    assert_clean_error(result, "--precision", "native bf16")

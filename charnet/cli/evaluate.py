@@ -28,7 +28,7 @@ def eval_(
     from charnet.checkpoint import find, load_checkpoint
     from charnet.corpus import read_text, resolve_sources
     from charnet.evaluation import LN2, score_ids
-    from charnet.training import resolve_device
+    from charnet.device import resolve_device
 
     dev = resolve_device(device.value)
     ckpt = load_checkpoint(find(checkpoint), dev)

@@ -32,7 +32,7 @@ from charnet.server.metrics import Metrics, RequestCounter
 from charnet.server.routers import completions, generate, health, models, score
 from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
-from charnet.training import resolve_device
+from charnet.device import resolve_device
 
 log = logging.getLogger("charnet.server")
 
