@@ -124,11 +124,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: Path, max_concurrency: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: Path, options: list[str]) -> tuple[subprocess.Popen, str]:
+    """`charnet serve CHECKPOINT OPTIONS` on a free loopback port, once it is ready."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "charnet", "serve", str(checkpoint), "--port", str(port),
-                             "--max-concurrency", str(max_concurrency), "--max-queue", str(max_concurrency),
-                             "--max-chars-cap", "100000", "--log-level", "warning", *extra],
+                             "--log-level", "warning", *options],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint is None:
             tmp = tempfile.TemporaryDirectory(prefix="charnet-bench-")
             checkpoint = untrained_checkpoint(Path(tmp.name))
-        proc, url = start_server(checkpoint, max(levels), args.server_arg)
+        n = str(max(levels))
+        proc, url = start_server(checkpoint, ["--max-concurrency", n, "--max-queue", n, "--max-chars-cap", "100000",
+                                              "--max-n", "128", *args.server_arg])
     try:
         model = args.model or httpx.get(f"{url}/v1/models", headers=headers, timeout=30).json()["data"][0]["id"]
         info = httpx.get(f"{url}/v1/models/{model}", headers=headers, timeout=30).json().get("charnet", {})

@@ -31,11 +31,12 @@ from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from charnet import __version__
-from charnet.config import ModelConfig
-from charnet.errors import CheckpointError, ConfigError
+from charnet.checkpoint_files import (MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES, check_config, check_header,
+                                      expected_shapes, load_weights, model_config, read_json)
+from charnet.errors import CharnetError, CheckpointError
 from charnet.model import CharRNN
 from charnet.tokenizer import Vocab
 
@@ -199,17 +200,9 @@ def resolve_dir(path: Path) -> Path:
 def read_config(directory: Path) -> dict[str, Any]:
     """The validated config.json of a checkpoint directory."""
     path = directory / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt ({e})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a charnet checkpoint config")
-    version = config.get("format_version")
-    if not isinstance(version, int):
-        raise CheckpointError(f"{path}: corrupt (no format_version)")
+    config = read_json(path, MAX_CONFIG_BYTES)
+    check_config(path, config, FORMAT)
+    version = config["format_version"]
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written in checkpoint format {version} by charnet {config.get('charnet_version', '?')}; "
@@ -222,7 +215,7 @@ def _verified(directory: Path, config: dict[str, Any], name: str) -> Path:
     path = directory / name
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
-    expected = config.get("files", {}).get(name)
+    expected = config.get("files", {}).get(name)  # check_config: a string, if there
     if expected is not None and _sha256(path) != expected:
         raise CheckpointError(f"{path}: truncated or corrupt (its SHA-256 does not match {CONFIG})")
     return path
@@ -251,37 +244,27 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu", *, wit
     """
     directory = resolve_dir(Path(path))
     config = read_config(directory)
-    try:
-        model_config = ModelConfig.from_dict(config["model"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{directory / CONFIG}: corrupt (bad model section: {e})") from None
-    except ConfigError as e:
-        raise CheckpointError(f"{directory / CONFIG}: invalid model setting {e}") from None
+    model_cfg = model_config(directory / CONFIG, config["model"])
+    weights_path = _verified(directory, config, WEIGHTS)
+    check_header(weights_path, expected_shapes(model_cfg))
 
     tok_path = _verified(directory, config, TOKENIZER)
+    tokenizer = read_json(tok_path, MAX_TOKENIZER_BYTES)
+    if not isinstance(tokenizer, dict):
+        raise CheckpointError(f"{tok_path}: not a tokenizer (a JSON object is expected)")
     try:
-        vocab = Vocab.from_json(tok_path.read_text(encoding="utf-8"))
-    except Exception as e:  # tokenizers raises plain Exceptions on malformed JSON
-        raise CheckpointError(f"{tok_path}: corrupt ({str(e).splitlines()[0]})") from None
-    if vocab.size != model_config.vocab_size:
-        raise CheckpointError(f"{tok_path}: has {vocab.size} tokens but the model expects {model_config.vocab_size}")
+        vocab = Vocab.from_json(json.dumps(tokenizer))
+    except CharnetError as e:
+        raise CheckpointError(f"{tok_path}: {e}") from None
+    except BaseException as e:  # tokenizers raises plain Exceptions, and panics, on malformed JSON
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise CheckpointError(f"{tok_path}: corrupt ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    if vocab.size != model_cfg.vocab_size:
+        raise CheckpointError(f"{tok_path}: has {vocab.size} tokens but the model expects {model_cfg.vocab_size}")
 
-    weights_path = _verified(directory, config, WEIGHTS)
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights_path}: truncated or corrupt ({e})") from None
-    model = CharRNN(model_config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if model_config.tie_embeddings:
-        expected.pop("head.weight")
-    if set(tensors) != set(expected):
-        missing = sorted(set(expected) - set(tensors)) or sorted(set(tensors) - set(expected))
-        raise CheckpointError(f"{weights_path}: does not match config.json (tensor {missing[0]!r})")
-    for name, t in tensors.items():
-        if t.shape != expected[name]:
-            raise CheckpointError(f"{weights_path}: tensor {name!r} has shape {tuple(t.shape)}, config.json implies {tuple(expected[name])}")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=not model_config.tie_embeddings)
+    model = CharRNN(model_cfg)
+    model.load_state_dict(load_weights(weights_path), strict=not model_cfg.tie_embeddings)
     model.to(device).eval()
 
     resume = None
@@ -292,7 +275,7 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu", *, wit
             with safe_open(resume_path, framework="pt") as f:
                 meta = json.loads((f.metadata() or {})["charnet"])
                 resume = ResumeState({k: f.get_tensor(k) for k in f.keys()}, meta)
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError, RecursionError) as e:
             raise CheckpointError(f"{resume_path}: truncated or corrupt ({e})") from None
     return Checkpoint(directory, model, vocab, config, resume)
 

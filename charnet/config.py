@@ -23,6 +23,15 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 
 Cell = Literal["rnn", "lstm", "peephole", "gru"]
 
+MAX_VOCAB = 0x110000
+"""Largest vocabulary: every Unicode code point (the unknown id stands in for U+FFFD)."""
+
+MAX_LAYERS = 64
+MAX_WIDTH = 1 << 16
+"""Caps on a model's shape, checked before anything is built from a config: a
+checkpoint's config.json cannot ask for more (a larger model would not fit a machine's
+memory anyway)."""
+
 DEFAULT_MAX_TIME = 10 * 60.0
 """Seconds `charnet train` runs for when given no --max-steps, --epochs or --max-time."""
 
@@ -53,13 +62,14 @@ class ModelConfig:
     Gers & Schmidhuber 2000) or ``gru``."""
 
     layers: int = 2
-    """Number of stacked recurrent layers."""
+    """Number of stacked recurrent layers, at most `MAX_LAYERS`."""
 
     hidden: int = 512
-    """Units per recurrent layer (the size of h, and of C for the LSTMs)."""
+    """Units per recurrent layer (the size of h, and of C for the LSTMs), at most
+    `MAX_WIDTH`."""
 
     embedding: int = 128
-    """Size of the learned input embedding of each token."""
+    """Size of the learned input embedding of each token, at most `MAX_WIDTH`."""
 
     dropout: float = 0.1
     """Dropout probability between recurrent layers and before the output layer."""
@@ -71,6 +81,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _choice(self, "cell", CELLS)
         _positive(self, "vocab_size", "layers", "hidden", "embedding")
+        for name, cap in (("vocab_size", MAX_VOCAB), ("layers", MAX_LAYERS), ("hidden", MAX_WIDTH),
+                          ("embedding", MAX_WIDTH)):
+            if getattr(self, name) > cap:
+                raise ConfigError(name, f"must be at most {cap}, got {getattr(self, name)}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ConfigError("tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if self.tie_embeddings and self.embedding != self.hidden:

@@ -31,10 +31,18 @@ def bundled_corpus() -> Path:
     return Path(__file__).resolve().parent.parent / "corpora" / "shakespeare.txt"
 
 
-def _looks_binary(path: Path) -> bool:
-    # git's heuristic: a NUL byte near the start means binary.
-    with open(path, "rb") as f:
-        return b"\0" in f.read(_SNIFF_BYTES)
+def _sniff(path: Path) -> str | None:
+    """Why a file found inside a directory cannot be a document ("binary", or why it
+    cannot be read), or None for a readable text file. Nothing but regular files is
+    opened: a FIFO would block, a dangling link has nothing to read."""
+    try:
+        if not path.is_file():
+            return "dangling link" if path.is_symlink() and not path.exists() else "not a regular file"
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        return f"cannot read ({e.strerror or e})"
+    return "binary" if b"\0" in head else None  # git's heuristic: a NUL byte near the start
 
 
 def _walk(directory: Path) -> list[Path]:
@@ -51,26 +59,36 @@ class Sources:
 
     files: tuple[Path, ...]
     skipped_binary: tuple[Path, ...] = ()
+    skipped_unreadable: tuple[tuple[Path, str], ...] = ()
+    """Files inside a directory that could not be read, and why (a dangling link, a
+    FIFO, no permission)."""
 
 
 def resolve_sources(specs: list[str] | list[Path]) -> Sources:
     """Expand files, directories (recursively) and globs (``**`` allowed) into files.
 
-    Files inside a directory that look binary are skipped (a source tree holds images
-    too); a file named explicitly or matched by a glob must be text.
+    Files inside a directory that look binary or cannot be read are skipped (a source
+    tree holds images too, a system directory files only root may read); a file named
+    explicitly or matched by a glob must be readable text.
     """
     files: list[Path] = []
-    skipped: list[Path] = []
+    binary: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
     for spec in specs:
         spec = str(spec)
         path = Path(spec).expanduser()
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            inside = _walk(path)
-            binary = {p for p in inside if _looks_binary(p)}
-            text = [p for p in inside if p not in binary]
-            skipped += sorted(binary)
+            text = []
+            for found in _walk(path):
+                why = _sniff(found)
+                if why is None:
+                    text.append(found)
+                elif why == "binary":
+                    binary.append(found)
+                else:
+                    unreadable.append((found, why))
             if not text:
                 raise CorpusError(f"{spec}: directory holds no text files")
             files += text
@@ -80,12 +98,14 @@ def resolve_sources(specs: list[str] | list[Path]) -> Sources:
             if not matched:
                 raise CorpusError(f"{spec}: pattern matches no files")
             files += matched
+        elif path.is_symlink():
+            raise CorpusError(f"{spec}: dangling link")
         elif path.exists():
             raise CorpusError(f"{spec}: not a regular file or directory")
         else:
             raise CorpusError(f"{spec}: no such file or directory")
     unique = tuple(dict.fromkeys(p.resolve() for p in files))
-    return Sources(unique, tuple(skipped))
+    return Sources(unique, tuple(sorted(binary)), tuple(unreadable))
 
 
 def codec_name(encoding: str) -> str:
@@ -102,10 +122,13 @@ def fingerprint(sources: Sources, encoding: str, separator: str) -> str:
     h = hashlib.sha256()
     h.update(f"charnet-corpus-v1\0{codec_name(encoding)}\0{separator}\0".encode("utf-8", "surrogatepass"))
     for path in sources.files:
-        h.update(f"\0{os.path.getsize(path)}\0".encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                h.update(chunk)
+        try:
+            h.update(f"\0{os.path.getsize(path)}\0".encode())
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    h.update(chunk)
+        except OSError as e:
+            raise CorpusError(f"{path}: cannot read ({e.strerror or e})") from None
     return h.hexdigest()
 
 

@@ -101,8 +101,7 @@ class EncodedCorpus:
     vocab: Vocab
     sha256: str
     stats: CorpusStats
-    files: tuple[Path, ...]
-    skipped_binary: tuple[Path, ...]
+    sources: Sources
     encoding: str
     separator: str
     specs: list[str]
@@ -132,9 +131,9 @@ class EncodedCorpus:
             "sha256": self.sha256,
             "chars": self.stats.chars,
             "tokens": len(self.ids),
-            "files": len(self.files),
+            "files": len(self.sources.files),
             "specs": self.specs,
-            "paths": [str(p) for p in self.files[:20]],
+            "paths": [str(p) for p in self.sources.files[:20]],
             "encoding": self.encoding,
             "separator": self.separator,
         }
@@ -187,7 +186,7 @@ def load_corpus(
         _encode_to(ids_path, sources, encoding, separator, vocab, n_tokens)
     ids = np.memmap(ids_path, dtype=vocab.dtype, mode="r", shape=(n_tokens,))
     specs = [str(Path(s).resolve()) if Path(s).exists() else str(s) for s in specs]
-    return EncodedCorpus(ids, vocab, key, stats, sources.files, sources.skipped_binary, encoding, separator, specs)
+    return EncodedCorpus(ids, vocab, key, stats, sources, encoding, separator, specs)
 
 
 def _encode_to(path: Path, sources: Sources, encoding: str, separator: str, vocab: Vocab, n_tokens: int) -> None:
@@ -261,13 +260,56 @@ class Streams:
         return windows[:, :-1], windows[:, 1:]
 
 
-def eval_streams(data: np.ndarray, batch_size: int, seq_len: int, max_chars: int | None = None) -> Streams:
-    """Streams for scoring a validation split: as many of the training shape as fit,
-    shrinking for small splits so even a few characters can be scored."""
-    if max_chars is not None and len(data) > max_chars + 1:
-        data = data[: max_chars + 1]
-    usable = len(data) - 1
-    seq_len = max(1, min(seq_len, usable))
-    streams = max(1, min(batch_size, usable // seq_len))
-    return Streams(data, streams, seq_len)
+IGNORE = -100
+"""Target id of padding in `EvalStreams` (what cross-entropy's ignore_index skips)."""
 
+
+class EvalStreams:
+    """A split scored exactly once: every token after the first is predicted from all
+    that precedes it in its stream, whatever the split's length.
+
+    The targets ``data[1:]`` are cut into (at most) `batch_size` contiguous streams of
+    equal length, read in windows of `seq_len` with the state carried; the last stream
+    and the last window may be shorter, their padding (target `IGNORE`) scores nothing.
+    """
+
+    def __init__(self, data: np.ndarray, batch_size: int, seq_len: int, max_chars: int | None = None) -> None:
+        if max_chars is not None and len(data) > max_chars + 1:
+            data = data[: max_chars + 1]
+        n = len(data) - 1
+        self.data, self.seq_len = data, seq_len
+        self.batch_size = max(1, min(batch_size, n // seq_len)) if n > 0 else 0
+        self.stream_len = -(-n // self.batch_size) if self.batch_size else 0
+        self.starts = np.arange(self.batch_size) * self.stream_len
+        self.n = n
+
+    def __len__(self) -> int:
+        return -(-self.stream_len // self.seq_len)
+
+    @property
+    def targets(self) -> int:
+        """Tokens this (share of the) split scores."""
+        return int(sum(min(self.stream_len, self.n - s) for s in self.starts))
+
+    def shard(self, dist) -> EvalStreams:
+        """This process' share of the streams (every world_size-th); it may hold none
+        when there are fewer streams than processes."""
+        if dist.world_size == 1:
+            return self
+        part = copy.copy(self)
+        part.starts = self.starts[dist.rank::dist.world_size]
+        part.batch_size = len(part.starts)
+        return part
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of window k, each (batch_size, up to seq_len) int64."""
+        lo = k * self.seq_len
+        width = min(self.seq_len, self.stream_len - lo)
+        x = np.zeros((len(self.starts), width), dtype=np.int64)
+        y = np.full((len(self.starts), width), IGNORE, dtype=np.int64)
+        for row, start in enumerate(self.starts):
+            end = min(start + lo + width, self.n)  # this stream's targets end before the split's
+            if end > start + lo:
+                x[row, : end - start - lo] = self.data[start + lo: end]
+                y[row, : end - start - lo] = self.data[start + lo + 1: end + 1]
+        return torch.from_numpy(x), torch.from_numpy(y)

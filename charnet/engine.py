@@ -8,8 +8,8 @@
     model.score("To be, or not to be").bits_per_char
 
 An `Engine` owns the model, its single-step kernel (`charnet.kernel`), and a prompt-state
-cache (`charnet.prompt_cache`). `generate` and `stream` run a `charnet.generation.Batch`
-to completion; a server drives its own long-lived batch with `new_batch`. Calls from
+cache (`charnet.prompt_cache`). `generate` and `stream` run a `charnet.batch.Batch` to
+completion; a server drives its own long-lived batch with `new_batch`. Calls from
 several threads are serialised by `lock`, which also guards the kernel's buffers.
 """
 
@@ -22,12 +22,14 @@ from typing import Iterator, Sequence as Seq
 
 import torch
 
+from charnet.batch import Batch
 from charnet.checkpoint import Checkpoint, find, load_checkpoint
-from charnet.evaluation import Score, score_ids
-from charnet.generation import Batch, CharLogprob, GenerationRequest, Sequence
+from charnet.generation import CharLogprob, Sequence
 from charnet.kernel import StepKernel
 from charnet.prompt_cache import DEFAULT_MAX_BYTES, PromptCache
+from charnet.request import GenerationRequest
 from charnet.sampling import SamplingParams
+from charnet.scoring import Score, score_ids
 from charnet.tokenizer import Vocab
 
 
@@ -85,10 +87,10 @@ class Engine:
     def path(self) -> Path:
         return self.checkpoint.path
 
-    def new_batch(self) -> Batch:
+    def new_batch(self, *, auto_admit: bool = True) -> Batch:
         """An empty batch sharing this engine's kernel and prompt cache (hold `lock`
         while driving it)."""
-        return Batch(self.kernel, self.vocab, self.cache)
+        return Batch(self.kernel, self.vocab, self.cache, auto_admit=auto_admit)
 
     # -- generation -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ single run with seed ``s + i``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from dataclasses import dataclass
@@ -21,13 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from charnet.config import MAX_VOCAB
 from charnet.errors import ConfigError
 
 REPETITION_WINDOW = 64
 """Characters looked back at by the repetition penalty. Over a whole text nearly every
 character has appeared; the recent window is what repetition means for characters."""
-
-_MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class SamplingParams:
     """Divides the logits; 0 means greedy (always the most likely character)."""
 
     top_k: int = 0
-    """Sample among the k most likely characters only; 0 turns it off."""
+    """Sample among the k most likely characters only; 0 turns it off. At most the
+    vocabulary's size (checked against the model by `GenerationRequest.check_vocab`)."""
 
     top_p: float = 1.0
     """Sample among the most likely characters whose probabilities sum to at least p
@@ -54,8 +55,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0):
             raise ConfigError("temperature", f"must be a number >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            raise ConfigError("top_k", f"must be an integer >= 0, got {self.top_k!r}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or not 0 <= self.top_k <= MAX_VOCAB:
+            raise ConfigError("top_k", f"must be an integer in [0, {MAX_VOCAB}], got {self.top_k!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p!r}")
         if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
@@ -67,10 +68,8 @@ class SamplingParams:
 
     def with_seed(self) -> SamplingParams:
         """These params with a concrete seed (a random one if none was given)."""
-        if self.seed is not None:
-            return self
-        return SamplingParams(self.temperature, self.top_k, self.top_p, self.repetition_penalty,
-                              secrets.randbits(62))
+        # 53 bits: a seed handed back in JSON stays exact in every client, JavaScript's too.
+        return self if self.seed is not None else dataclasses.replace(self, seed=secrets.randbits(53))
 
 
 def derive_seed(seed: int, index: int) -> int:

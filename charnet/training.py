@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from charnet.checkpoint import Checkpoint, ResumeState, recover, save_checkpoint
 from charnet.config import ModelConfig, TrainConfig
-from charnet.data import EncodedCorpus, Streams, eval_streams
+from charnet.data import EncodedCorpus, EvalStreams, Streams
 from charnet.device import native_bf16, resolve_device
 from charnet.distributed import Dist
 from charnet.errors import CharnetError, ConfigError
@@ -136,8 +136,8 @@ class Trainer:
         self.val = None
         if cfg.val_fraction > 0:
             global_batch = cfg.batch_size * self.dist.world_size
-            self.val_periodic = eval_streams(val_ids, global_batch, cfg.seq_len, cfg.eval_chars).shard(self.dist)
-            self.val = eval_streams(val_ids, global_batch, cfg.seq_len).shard(self.dist)
+            self.val_periodic = EvalStreams(val_ids, global_batch, cfg.seq_len, cfg.eval_chars).shard(self.dist)
+            self.val = EvalStreams(val_ids, global_batch, cfg.seq_len).shard(self.dist)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         self.model = CharRNN(model_cfg) if resume is None else resume.model
@@ -157,6 +157,7 @@ class Trainer:
         self.best_val: float | None = None
         self.best_step = 0
         self.evals_since_best = 0
+        self.periodic_step = -1  # the step of the last periodic evaluation
         self.last_val: float | None = None
         self.last_train: float | None = None
         self.carry = None
@@ -234,12 +235,18 @@ class Trainer:
             # process) must not kill one process in the middle of the final collectives.
             final_val = None
             if stopped in ("budget", "early stopping") and self.val is not None:
+                if self.periodic_step != self.step:
+                    # The best checkpoint is chosen on the periodic evaluation's set: the
+                    # final weights compete on that set too, not on the whole split.
+                    self._compare(self._validate(self.val_periodic))
                 final_val = self._validate(self.val)
                 chars = self._val_chars(self.val)
                 mon.print(f"final: val {final_val:.4f} nats/char, {bits(final_val):.4f} bits/char "
                           f"over all {chars:,} validation characters")
             self.last_val = final_val if final_val is not None else self.last_val
             self._save("last", elapsed(), resume=True)
+            if final_val is not None and self.best_step == self.step:
+                self._save("best", elapsed(), resume=False)  # with the whole split's figure
             title = f"charnet {self.model.config.cell} {self.model.config.layers}x{self.model.config.hidden}"
             dist.on_main(lambda: mon.plot(title))
         mon.close()
@@ -269,10 +276,10 @@ class Trainer:
         self.carry = detach_state(state)
         return loss.detach()
 
-    def _val_chars(self, streams: Streams) -> int:
-        return int(self.dist.sum([len(streams) * streams.batch_size * streams.seq_len])[0])
+    def _val_chars(self, streams: EvalStreams) -> int:
+        return int(self.dist.sum([streams.targets])[0])
 
-    def _validate(self, streams: Streams) -> float:
+    def _validate(self, streams: EvalStreams) -> float:
         # A process may hold no validation streams (a split with fewer streams than
         # processes); it still joins the sum, with nothing in it.
         total, count = evaluate(self.model, streams, self.device, self.cfg.precision) if streams.batch_size else (0.0, 0)
@@ -285,17 +292,23 @@ class Trainer:
             self._save("last", elapsed, resume=True)
             return False
         self.last_val = self._validate(self.val_periodic)
-        improved = self.best_val is None or self.last_val < self.best_val
-        if improved:
-            self.best_val, self.best_step, self.evals_since_best = self.last_val, self.step, 0
-        else:
-            self.evals_since_best += 1
+        improved = self._compare(self.last_val)
         chars, val = self._val_chars(self.val_periodic), self.last_val  # collective: outside on_main
         self.dist.on_main(lambda: self.monitor.evaluation(self.step, val, elapsed, improved, chars))
         self._save("last", elapsed, resume=True)
         if improved:
             self._save("best", elapsed, resume=False)
         return self.cfg.patience is not None and self.evals_since_best >= self.cfg.patience
+
+    def _compare(self, periodic: float) -> bool:
+        """Record the current weights' loss on the periodic set; True if a new best."""
+        self.periodic_step = self.step
+        improved = self.best_val is None or periodic < self.best_val
+        if improved:
+            self.best_val, self.best_step, self.evals_since_best = periodic, self.step, 0
+        else:
+            self.evals_since_best += 1
+        return improved
 
     # -- checkpoints ----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ and is shut down by its fixture's finalizer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -194,6 +195,14 @@ def assert_error(r, status: int, param: str | None = None, fragment: str = "") -
 def running(server) -> float:
     """charnet_requests_running of MODEL on a live server (`Server` or anything with `.url`)."""
     return metric(httpx.get(f"{server.url}/metrics").text, "charnet_requests_running", model=MODEL)
+
+
+async def until(predicate, timeout: float = 30.0) -> None:
+    """`wait_until` for a test on the event loop."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
 
 
 def wait_until(condition, timeout: float = 30) -> None:

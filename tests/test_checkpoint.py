@@ -167,3 +167,106 @@ def test_find_by_name_lists_what_exists(tmp_path, monkeypatch):
     make(tmp_path / "more", name="sonnets")
     monkeypatch.setenv("CHARNET_CHECKPOINTS", os.pathsep.join([str(tmp_path / "models"), str(tmp_path / "more")]))
     assert find("sonnets") == (tmp_path / "more" / "sonnets").resolve()
+
+
+# -- crafted checkpoints ----------------------------------------------------------------------
+
+def _edit_config(path, change) -> None:
+    config = json.loads((path / "config.json").read_text())
+    change(config)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def _model(**fields):
+    return lambda c: c["model"].update(fields)
+
+
+CRAFTED = {
+    "100,000 layers": _model(layers=100_000),
+    "hidden 2^20": _model(hidden=1 << 20),
+    "hidden at the cap, tiny weights": _model(hidden=1 << 16),
+    "vocabulary at the cap": _model(vocab_size=0x110000),
+    "a string for layers": _model(layers="2"),
+    "an unknown model setting": _model(depth=3),
+    "no model section": lambda c: c.pop("model"),
+    "files is null": lambda c: c.update(files=None),
+    "files holds a number": lambda c: c.update(files={"model.safetensors": 5}),
+    "metrics is a list": lambda c: c.update(metrics=[1, 2]),
+    "format_version is a string": lambda c: c.update(format_version="1"),
+    "tie_embeddings is a string": _model(tie_embeddings="yes"),
+}
+
+
+def _crafted(tmp_path, kind: str):
+    if kind in CRAFTED:
+        _, path = make(tmp_path)
+        _edit_config(path, CRAFTED[kind])
+        return path
+    _, path = make(tmp_path)
+    if kind == "a config nested 100,000 deep":
+        (path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "a config that is an array":
+        (path / "config.json").write_text("[1, 2, 3]")
+    elif kind == "a tokenizer that is an array":
+        (path / "tokenizer.json").write_text("[]")
+        _edit_config(path, lambda c: c["files"].pop("tokenizer.json"))
+    elif kind == "a tokenizer nested deep":
+        (path / "tokenizer.json").write_text('{"model": ' + "[" * 5000 + "]" * 5000 + "}")
+        _edit_config(path, lambda c: c["files"].pop("tokenizer.json"))
+    elif kind == "a tokenizer of the wrong kind":
+        (path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {"ab": 0}, "merges": []}}))
+        _edit_config(path, lambda c: c["files"].pop("tokenizer.json"))
+    elif kind in ("NaN weights", "infinite weights"):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(path / "model.safetensors")
+        tensors["head.bias"][3] = float("nan") if kind == "NaN weights" else float("inf")
+        save_file(tensors, path / "model.safetensors")
+        _edit_config(path, lambda c: c["files"].pop("model.safetensors"))
+    return path
+
+
+KINDS = [*CRAFTED, "a config nested 100,000 deep", "a config that is an array", "a tokenizer that is an array",
+         "a tokenizer nested deep", "a tokenizer of the wrong kind", "NaN weights", "infinite weights"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_crafted_checkpoints_are_one_line_errors(tmp_path, kind):
+    path = _crafted(tmp_path, kind)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["100,000 layers", "hidden 2^20", "hidden at the cap, tiny weights",
+                                  "vocabulary at the cap", "a config nested 100,000 deep", "NaN weights"])
+@pytest.mark.parametrize("command", ["info", "sample"])
+def test_crafted_checkpoints_exit_2_in_one_line_within_500_mb(tmp_path, kind, command):
+    """Nothing is allocated from config.json before the weights' header agrees with it: a
+    checkpoint asking for hundreds of GB costs what a small one costs."""
+    import resource
+    import subprocess
+    import sys
+
+    from tests.conftest import Result, assert_clean_error, cli_env
+
+    path = _crafted(tmp_path, kind)
+    args = [command, str(path)] + (["-n", "5"] if command == "sample" else [])
+    probe = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "sys.stderr.write(p.stderr); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+             "sys.exit(p.returncode)")
+    proc = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "charnet", *args],
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert_clean_error(Result(proc.returncode, proc.stdout, proc.stderr), str(path))
+    assert int(proc.stdout.split()[-1]) < 500 * 1024, proc.stdout  # KiB
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_info_shows_a_checkpoint_missing_optional_fields(tmp_path, capsys):
+    from tests.conftest import cli
+
+    _, path = make(tmp_path)
+    _edit_config(path, lambda c: [c.pop(k, None) for k in ("metrics", "dtype", "charnet_version", "tokenizer")])
+    result = cli(capsys, "info", path)
+    assert result.returncode == 0, result.stderr
+    assert "lstm, 2 x 16 hidden" in result.stdout

@@ -198,3 +198,13 @@ def test_help_explains_every_option(command):
             pytest.fail(f"{param.opts} has no help")
     if command == "train":
         assert "[default: 512]" in result.stdout and "[default: lstm]" in result.stdout
+
+
+def test_a_directory_with_dangling_links_trains_and_warns(capsys, tmp_path, shakespeare_text):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "plays.txt").write_text(shakespeare_text[:20_000], encoding="utf-8")
+    (corpus / "old.txt").symlink_to(tmp_path / "deleted.txt")
+    result = cli(capsys, "train", corpus, *TINY, "--max-steps", "2", "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert f"warning: skipped {corpus / 'old.txt'}: dangling link" in result.stderr

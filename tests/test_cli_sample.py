@@ -78,3 +78,11 @@ def test_no_checkpoint_means_the_bundled_model(tmp_path):
         "ROMEO:", max_chars=60, seed=1, temperature=0.5).text + "\n"
     bundled = charnet.load("shakespeare")
     assert bundled.checkpoint.config["metrics"]["val_loss"] < 1.5  # the quality bar, as recorded
+
+
+@pytest.mark.parametrize("args, option", [(["--top-k", "18446744073709551616"], "--top-k"),
+                                          (["--top-k", "100000"], "--top-k"),
+                                          (["--stop", "x" * 300], "--stop")])
+def test_out_of_range_values_are_one_line(capsys, args, option):
+    result = cli(capsys, "sample", "-n", "5", *args)
+    assert_clean_error(result, option)

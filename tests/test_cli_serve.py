@@ -194,3 +194,39 @@ def test_model_names_from_arguments_and_roots(models_dir, monkeypatch, tmp_path)
     monkeypatch.setenv("CHARNET_CHECKPOINTS", str(models_dir))
     assert resolve_models([]) == both  # no argument: everything under the roots, run directories too
     assert set(resolve_models(["tiny-gru"])) == {"tiny-gru"}  # a name under the roots
+
+
+def test_a_broken_checkpoint_among_good_ones_is_named_and_left_out(start_server, models_dir, tmp_path):
+    """`charnet serve DIR` serves every checkpoint that loads and names each one that does
+    not in one warning line; /ready lists what is served."""
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    bad = root / "nan"
+    shutil.copytree(models_dir / "tiny-gru", bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["model"]["layers"] = 100_000
+    (bad / "config.json").write_text(json.dumps(config))
+    server = start_server([root])
+    warnings = [line for line in server.output().splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "not serving nan" in warnings[0] and "layers" in warnings[0], warnings
+    assert httpx.get(f"{server.url}/ready").json()["models"] == [MODEL, "tiny-gru"]
+
+
+def test_connection_limits_are_uvicorns(start_server, checkpoint):
+    """--max-connections: uvicorn answers 503 once that many are open (the one asking
+    included); --keep-alive: an idle connection is closed after that many seconds (slow
+    clients belong to the proxy in front)."""
+    server = start_server([checkpoint, "--max-connections", "2", "--keep-alive", "1"])
+    with socket.create_connection(("127.0.0.1", server.port)) as held:
+        held.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"}"):
+            answer += held.recv(1000)
+        assert answer.startswith(b"HTTP/1.1 200")
+        busy = httpx.get(f"{server.url}/health", timeout=10)
+        assert busy.status_code == 503
+        held.settimeout(10)
+        assert held.recv(1000) == b""  # closed by the server once idle for --keep-alive (not 10 s later)
+    wait_until(lambda: httpx.get(f"{server.url}/health", timeout=10).status_code == 200)

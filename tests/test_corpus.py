@@ -99,3 +99,30 @@ def test_unknown_encoding(tmp_path):
     path.write_text("x")
     with pytest.raises(CorpusError, match="unknown text encoding"):
         read_text([path], encoding="klingon")
+
+
+def test_unreadable_entries_of_a_directory_are_skipped_and_named(tmp_path):
+    """A system directory holds dangling links, FIFOs and files only root may read: each
+    is skipped and named (a FIFO would block a reader forever), the text still trains."""
+    import os
+
+    src = make_tree(tmp_path)
+    (src / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    os.mkfifo(src / "pipe")
+    locked = src / "locked.txt"
+    locked.write_text("secret\n")
+    locked.chmod(0)
+    sources = resolve_sources([src])
+    assert [p.name for p in sources.files if p.name != "locked.txt"] == ["a.py", "b.py", "notes.md"]
+    skipped = {p.name: why for p, why in sources.skipped_unreadable}
+    assert skipped["gone.txt"] == "dangling link" and skipped["pipe"] == "not a regular file"
+    if os.geteuid() != 0:  # root reads anything
+        assert skipped["locked.txt"].startswith("cannot read")
+    assert "print('a')" in "".join(iter_text(sources))
+
+
+def test_a_named_dangling_link_is_one_clear_error(tmp_path):
+    link = tmp_path / "corpus.txt"
+    link.symlink_to(tmp_path / "nowhere.txt")
+    with pytest.raises(CorpusError, match="dangling link"):
+        resolve_sources([link])

@@ -7,11 +7,12 @@ import sys
 import textwrap
 
 import numpy as np
+import torch
 import pytest
 
 from charnet import corpus as corpus_mod
 from charnet import data as data_mod
-from charnet.data import Streams, eval_streams, load_corpus
+from charnet.data import IGNORE, EvalStreams, Streams, load_corpus
 from charnet.distributed import Dist
 from charnet.errors import CorpusError
 from charnet.tokenizer import Vocab
@@ -94,8 +95,26 @@ def test_ranks_together_are_the_single_process_streams():
     for k in (0, 5):
         joined = np.concatenate([r.batch(k)[0].numpy() for r in ranks])
         assert np.array_equal(joined, single.batch(k)[0].numpy())
-    shards = [eval_streams(data, 6, 8).shard(Dist(r, 2)) for r in range(2)]
-    assert sorted(np.concatenate([s.starts for s in shards]).tolist()) == single.starts.tolist()
+    whole = EvalStreams(data, 6, 8)
+    shards = [whole.shard(Dist(r, 2)) for r in range(2)]
+    assert sorted(np.concatenate([s.starts for s in shards]).tolist()) == whole.starts.tolist()
+    assert sum(s.targets for s in shards) == whole.targets == len(data) - 1
+
+
+@pytest.mark.parametrize("n, batch, seq", [(1000, 4, 10), (111_540, 64, 128), (17, 64, 128), (2, 8, 4), (50, 7, 3)])
+def test_evaluation_scores_every_character_once(n, batch, seq):
+    """The validation split's every target (each character after the first), exactly
+    once, predicted from everything before it in its stream."""
+    data = np.arange(n) % 251
+    streams = EvalStreams(data, batch, seq)
+    seen = []
+    for k in range(len(streams)):
+        x, y = streams.batch(k)
+        assert x.shape == y.shape and x.shape[1] <= seq
+        real = y != IGNORE
+        seen += [((x[real] + 1) % 251).tolist(), y[real].tolist()]
+        assert torch.equal((x[real] + 1) % 251, y[real])  # each target follows its input
+    assert streams.targets == n - 1 == sum(len(t) for t in seen[1::2])
 
 
 def test_corpus_shorter_than_one_batch():

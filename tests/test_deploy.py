@@ -72,3 +72,14 @@ def test_compose_replicas_behind_a_load_balancer():
     source = lb["volumes"][0].split(":")[0]
     conf = (ROOT / source).read_text(encoding="utf-8")
     assert "server api:8000" in conf and "proxy_buffering off" in conf and "listen 8000" in conf
+
+
+def test_the_proxy_absorbs_slow_clients():
+    """Slow-client protection belongs to the nginx front: it reads a request in full and
+    closes connections that trickle, before charnet (and its batch) sees anything."""
+    conf = (ROOT / "deploy" / "nginx.conf").read_text(encoding="utf-8")
+    settings = dict(re.findall(r"^\s*(\w+)\s+([^;]+);", conf, flags=re.MULTILINE))
+    for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout", "keepalive_timeout"):
+        assert re.fullmatch(r"\d+s", settings[timeout]), timeout
+    assert settings["proxy_request_buffering"] == "on" and settings["limit_conn"].startswith("per_client")
+    assert "limit_conn_zone $binary_remote_addr zone=per_client" in conf

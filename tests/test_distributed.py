@@ -96,8 +96,8 @@ def test_two_processes_train_and_only_rank_0_writes(runs):
     assert [r["step"] for r in rs if "train_loss" in r] == [10, 20, 30, 40]
     assert train[-1] < train[0] - 0.3, train
     # The periodic validation had one stream for two processes: rank 1 scored nothing,
-    # and the characters counted are the one stream's.
-    assert [r["val_chars"] for r in rs if "val_loss" in r] == [32, 32]
+    # and the characters counted are the one stream's: all 40 of --eval-chars.
+    assert [r["val_chars"] for r in rs if "val_loss" in r] == [40, 40]
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(runs):

@@ -10,10 +10,13 @@ from charnet.checkpoint import Checkpoint, load_checkpoint
 from charnet.config import ModelConfig
 from charnet.engine import Engine
 from charnet.errors import ConfigError
-from charnet.generation import FINISH_ERROR, MAX_CHARS, Batch, GenerationRequest, _StopMatcher
+from charnet.batch import Batch
+from charnet.generation import FINISH_ERROR
 from charnet.kernel import StepKernel
 from charnet.model import CharRNN
-from charnet.prompt_cache import BLOCK, LOCKSTEP_MAX, PromptCache
+from charnet.prompt_cache import BLOCK, PromptCache
+from charnet.request import MAX_CHARS, GenerationRequest
+from charnet.stops import StopMatcher
 from charnet.sampling import SamplingParams
 from charnet.tokenizer import Vocab
 
@@ -70,7 +73,7 @@ def test_cancel_frees_the_row_and_spares_the_others(trained):
 
 
 def test_stop_matcher_never_lets_part_of_a_stop_out():
-    m = _StopMatcher(("\n\n", "END"))
+    m = StopMatcher(("\n\n", "END"))
     out = []
     for piece in ["ab", "c\n", "x", "E", "N", "d", "E", "N"]:
         text, stopped = m.feed(piece)
@@ -79,7 +82,7 @@ def test_stop_matcher_never_lets_part_of_a_stop_out():
     assert "".join(out) == "abc\nxENd" and m.tail == "EN"
     text, stopped = m.feed("D and more")
     assert stopped and text == ""
-    m2 = _StopMatcher(("abc",))
+    m2 = StopMatcher(("abc",))
     assert m2.feed("xxab") == ("xx", False) and m2.feed("d") == ("abd", False)
 
 
@@ -134,33 +137,66 @@ def test_prompt_cache_hits_change_nothing_but_work(trained):
     other = prompt[: 2 * BLOCK] + "X" * 10
     before = cache.primed_tokens
     batch.add(req(prompt=other, n=1))
+    run(batch)
     assert cache.primed_tokens - before == 10
 
 
-def test_prompts_primed_together_equal_prompts_primed_alone(trained):
-    """A burst of prompts primes in lockstep, each from its longest cached prefix, and
-    yields bit for bit the states each gets alone; long ones prime on their own."""
+def test_prompts_primed_as_rows_equal_prompts_primed_alone(trained):
+    """Prompts prime as rows of a batch, one token a step beside a row that samples, each
+    from its longest cached prefix, and reach bit for bit the states each reaches alone
+    (cached at every block of the way)."""
     kernel, vocab = trained
     prompts = ["ROMEO:\n", "\n\n", "First Citizen:\nBefore we proceed any further, hear me speak." * 2,
-               "O" * (LOCKSTEP_MAX + 40), "KING", "First Citizen:\nBefore we proceed any further, hear me speak."]
+               "O" * (3 * BLOCK + 40), "KING", "First Citizen:\nBefore we proceed any further, hear me speak."]
     cache = PromptCache()
-    cache.prime(kernel, vocab.encode(prompts[-1]))  # one of them is cached, another extends it
-    together = cache.prime_many(kernel, [vocab.encode(p) for p in prompts])
-    for prompt, (state, logits) in zip(prompts, together):
+    batch = Batch(kernel, vocab, cache)
+    batch.add(req(prompt=prompts[-1], n=1))  # one of them is cached, another extends it
+    run(batch)
+    before = cache.primed_tokens
+    (neighbour,) = batch.add(req(prompt="X", n=400))
+    batch.step()
+    batch.step()  # sampling, while the others prime
+    for p in prompts:
+        batch.add(req(prompt=p, n=1))
+    run(batch)
+    assert neighbour.text == solo(kernel, vocab, req(prompt="X", n=400))
+    for prompt in prompts:
+        ids = vocab.encode(prompt)
         alone = kernel.zero_state(1)
-        alone_logits = kernel.prime(torch.as_tensor(vocab.encode(prompt).astype(np.int64)), alone)
-        assert torch.equal(logits, alone_logits), prompt
-        assert all(torch.equal(a, b) for a, b in zip(state, alone)), prompt
-        assert cache.lookup(vocab.encode(prompt))[0] == len(prompt)  # and each is cached now
-    # the cached prompt cost its length once, the one extending it only its tail, the rest in full
-    assert cache.primed_tokens == sum(map(len, prompts[:-1]))
+        alone_logits = kernel.prime(torch.as_tensor(ids.astype(np.int64)), alone)
+        length, entry = cache.lookup(ids)
+        assert length == len(prompt)
+        assert torch.equal(entry.logits, alone_logits), prompt
+        assert all(torch.equal(a, b) for a, b in zip(entry.state, alone)), prompt
+    assert cache.lookup(vocab.encode("O" * (2 * BLOCK + 5)))[0] == 2 * BLOCK  # a mark on the way
+    # the cached prompt cost nothing again, the one extending it only its tail, the rest in full
+    assert cache.primed_tokens - before == 1 + sum(map(len, prompts[:-1])) - len(prompts[-1])
+
+
+def test_a_prompt_primes_between_other_rows_steps(trained):
+    """A long prompt costs the batch one row a step: a stream beside it gets a character
+    every step while it primes, and a priming request that is cancelled leaves at once."""
+    kernel, vocab = trained
+    batch = Batch(kernel, vocab)
+    (stream,) = batch.add(req(prompt="X", n=50))
+    batch.step()
+    batch.step()
+    (long,) = batch.add(req(prompt="y" * 5000, n=10))
+    for _ in range(30):
+        pieces = batch.step()
+        assert [p.seq for p in pieces] == [stream]
+    assert long.priming and 0 < long.primed <= 30
+    batch.cancel(long)
+    assert long.finish_reason == "cancelled" and batch.rows == 1
+    run(batch)
+    assert stream.text == solo(kernel, vocab, req(prompt="X", n=50))
 
 
 def test_a_burst_added_together_writes_what_each_writes_alone(trained):
     kernel, vocab = trained
     requests = [req(prompt=p, n=40, seed=s) for s, p in enumerate(["ROMEO:", "", "KING", "O" * 300, "First"])]
     batch = Batch(kernel, vocab, PromptCache())
-    groups = batch.add_many([(r, 2) for r in requests])
+    groups = [batch.add(r, 2) for r in requests]
     run(batch)
     for seqs, r in zip(groups, requests):
         assert [s.text for s in seqs] == [solo(kernel, vocab, r),
@@ -170,8 +206,10 @@ def test_a_burst_added_together_writes_what_each_writes_alone(trained):
 def test_prompt_cache_stays_within_its_byte_budget(trained):
     kernel, vocab = trained
     cache = PromptCache(max_bytes=40_000)
+    batch = Batch(kernel, vocab, cache)
     for i in range(60):
-        cache.prime(kernel, vocab.encode(f"prompt number {i} " * 10))
+        batch.add(req(prompt=f"prompt number {i} " * 10, n=1))
+        run(batch)
         assert cache.bytes <= 40_000
     assert 0 < len(cache) < 60
     assert cache.lookup(vocab.encode("prompt number 59 " * 10))[1] is not None  # the newest stays
@@ -236,3 +274,64 @@ def test_generate_and_stream_raise_the_sequence_error(engine, boom):
         engine.generate("boom", max_chars=10, seed=1)
     with pytest.raises(RuntimeError, match="injected"):
         list(engine.stream("boom", max_chars=10, seed=1))
+
+
+def test_a_row_whose_sampling_fails_ends_alone(engine, monkeypatch):
+    """A failure inside the batched draw (here: any batch holding top_p 0.123) is traced
+    to its row: that sequence ends with an error, the others write their solo text."""
+    from charnet import sampling
+
+    real = sampling.BatchParams.of.__func__
+
+    def of(cls, params, *args):
+        if any(p.top_p == 0.123 for p in params):
+            raise OverflowError("injected")
+        return real(cls, params, *args)
+
+    monkeypatch.setattr(sampling.BatchParams, "of", classmethod(of))
+    solo_texts = [engine.generate(p, max_chars=30, seed=7).text for p in ("to be", "or not")]
+    batch = engine.new_batch()
+    good_a = batch.add(engine.request("to be", max_chars=30, seed=7))[0]
+    bad = batch.add(engine.request("xx", max_chars=30, seed=7, top_p=0.123))[0]
+    good_b = batch.add(engine.request("or not", max_chars=30, seed=7))[0]
+    run(batch)
+    assert bad.finish_reason == FINISH_ERROR and isinstance(bad.error, OverflowError)
+    assert [good_a.text, good_b.text] == solo_texts
+
+
+def test_suspended_sequences_resume_exactly(trained):
+    """A sequence whose row is taken away (while sampling or while priming) and given back
+    later writes what it writes uninterrupted."""
+    kernel, vocab = trained
+    batch = Batch(kernel, vocab, auto_admit=False)
+    requests = [req(prompt="ROMEO:\n", n=80, seed=1), req(prompt="x" * 300, n=40, seed=2)]
+    seqs = [batch.add(r)[0] for r in requests]
+    for seq in seqs:
+        batch.admit(seq)
+    for step in range(120):
+        if step == 20:  # one samples, the other is still priming
+            assert not seqs[0].priming and seqs[1].priming
+            for seq in seqs:
+                batch.suspend(seq)
+            assert batch.rows == 0 and all(s.ready for s in seqs)
+        if step == 30:
+            for seq in seqs:
+                batch.admit(seq)
+        batch.step()
+    for seq in seqs:
+        batch.admit(seq) if seq.ready else None
+    while len(batch):
+        batch.step()
+    assert [s.text for s in seqs] == [solo(kernel, vocab, r) for r in requests]
+
+
+def test_top_k_is_bounded_by_the_vocabulary(engine):
+    with pytest.raises(ConfigError, match="vocabulary size") as e:
+        engine.generate("x", max_chars=3, top_k=engine.vocab.size + 1)
+    assert e.value.field == "top_k"
+    with pytest.raises(ConfigError) as e:
+        engine.generate("x", max_chars=3, top_k=1 << 64)
+    assert e.value.field == "top_k"
+    with pytest.raises(ConfigError, match="Unicode") as e:
+        engine.generate("\udcff", max_chars=3)
+    assert e.value.field == "prompt"

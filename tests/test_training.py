@@ -190,3 +190,30 @@ def test_bfloat16_without_native_support_is_a_clean_error(small_corpus, tmp_path
     result = run_cli("train", small_corpus, *TINY, "--max-steps", "2", "--precision", "bfloat16",
                      "--out", tmp_path / "run")
     assert_clean_error(result, "--precision", "native bf16")
+
+
+def test_best_is_chosen_on_one_set_and_only_saved_checkpoints_are_listed(small_corpus, tmp_path):
+    """The final weights compete for best/ on the periodic evaluation's characters, like
+    every earlier evaluation, so best/ is never worse than last/ on them; the report
+    names only the checkpoints that exist."""
+    from charnet.checkpoint import load_checkpoint
+    from charnet.data import EvalStreams
+    from charnet.evaluation import evaluate
+
+    out = tmp_path / "run"
+    result = run_cli("train", small_corpus, *TINY, "--max-steps", "50", "--eval-every", "20", "--eval-chars", "3000",
+                     "--dropout", "0", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert f"checkpoints: {out}/best, {out}/last;" in result.stdout
+    _, val = load_corpus([small_corpus]).split(0.1)
+    periodic = EvalStreams(val, 4, 32, 3000)
+    loss = {name: evaluate(load_checkpoint(out / name).model, periodic, torch.device("cpu"))[0]
+            for name in ("best", "last")}
+    assert loss["best"] <= loss["last"], loss
+    assert json.loads((out / "best" / "config.json").read_text())["metrics"]["best_val_loss"] * periodic.targets == \
+        pytest.approx(loss["best"], rel=1e-5)
+    assert f"over all {len(val) - 1:,} validation characters" in " ".join(result.stdout.split())
+
+    no_val = run_cli("train", small_corpus, *TINY, "--max-steps", "3", "--val-fraction", "0", "--out", tmp_path / "b")
+    assert no_val.returncode == 0, no_val.stderr
+    assert f"checkpoints: {tmp_path / 'b'}/last;" in no_val.stdout and f"{tmp_path / 'b'}/best" not in no_val.stdout

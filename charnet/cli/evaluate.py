@@ -27,7 +27,7 @@ def eval_(
     """Bits per character and perplexity of text under a model."""
     from charnet.checkpoint import find, load_checkpoint
     from charnet.corpus import read_text, resolve_sources
-    from charnet.evaluation import LN2, score_ids
+    from charnet.scoring import LN2, score_ids
     from charnet.device import resolve_device
 
     dev = resolve_device(device.value)
@@ -82,17 +82,19 @@ def info(
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return
-    m = cfg["model"]
+    m = model.config
     table = Table(show_header=False, title=str(ckpt.path))
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("model", f"{m['cell']}, {m['layers']} x {m['hidden']} hidden, embedding {m['embedding']}, "
-                           f"dropout {m['dropout']}{', tied embeddings' if m['tie_embeddings'] else ''}")
-    table.add_row("parameters", f"{summary['parameters']:,} (stored as {cfg.get('dtype')})")
+    table.add_row("model", f"{m.cell}, {m.layers} x {m.hidden} hidden, embedding {m.embedding}, "
+                           f"dropout {m.dropout}{', tied embeddings' if m.tie_embeddings else ''}")
+    table.add_row("parameters", f"{summary['parameters']:,} (stored as {cfg.get('dtype', '?')})")
     table.add_row("vocabulary", f"{ckpt.vocab.size} ({ckpt.vocab.kind})")
     corpus = cfg.get("corpus") or {}
     if corpus:
-        table.add_row("corpus", f"{corpus.get('chars', 0):,} characters in {corpus.get('files')} file(s), "
+        chars = corpus.get("chars")
+        size = f"{chars:,}" if isinstance(chars, int) else "?"
+        table.add_row("corpus", f"{size} characters in {corpus.get('files', '?')} file(s), "
                                 f"sha256 {str(corpus.get('sha256'))[:16]}…")
     for key, value in (cfg.get("metrics") or {}).items():
         if value is not None:
@@ -100,6 +102,7 @@ def info(
     training = cfg.get("training") or {}
     if training:
         table.add_row("training", ", ".join(f"{k}={v}" for k, v in training.items() if v is not None))
-    table.add_row("format", f"{cfg.get('format_version')} (charnet {cfg.get('charnet_version')}), created {cfg.get('created')}")
+    table.add_row("format", f"{cfg.get('format_version')} (charnet {cfg.get('charnet_version', '?')}), "
+                            f"created {cfg.get('created', '?')}")
     Console().print(table)
 

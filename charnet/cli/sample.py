@@ -10,7 +10,7 @@ import typer
 from charnet.cli import app
 from charnet.cli.train import Device
 from charnet.errors import ConfigError
-from charnet.generation import MAX_CHARS
+from charnet.request import MAX_CHARS
 from charnet.sampling import SamplingParams
 
 DEFAULT_MODEL = "shakespeare"
@@ -57,6 +57,7 @@ def sample(
     except ConfigError as e:
         raise ConfigError({"max_chars": "length"}.get(e.field, e.field), e.message) from None
     engine = load(checkpoint, device.value)
+    request.check_vocab(engine.vocab.size)  # before anything is printed
     unknown = engine.vocab.unknown_chars(prompt)
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:10]) + (" ..." if len(unknown) > 10 else "")

@@ -12,7 +12,8 @@ import typer
 
 from charnet.cli import app, fail
 from charnet.cli.train import Device
-from charnet.server.settings import API_KEY_ENV, Settings
+from charnet.request import MAX_CHARS
+from charnet.server.settings import API_KEY_ENV, MAX_N, Settings
 
 Opt = typer.Option
 D = Settings()
@@ -36,7 +37,7 @@ def resolve_models(specs: list[str]) -> dict[str, str]:
     directory: that model, named after the directory. A directory of such directories:
     each of them. Anything else is looked up by name under the checkpoint roots.
     """
-    from charnet.checkpoint import checkpoint_roots, find, read_config, resolve_dir
+    from charnet.checkpoint import checkpoint_roots, find, resolve_dir
     from charnet.errors import CheckpointError
 
     found: dict[str, Path] = {}
@@ -72,9 +73,28 @@ def resolve_models(specs: list[str]) -> dict[str, str]:
             add(path.resolve().name, checkpoint or resolve_dir(path))  # a file: resolve_dir says what is wrong
         else:
             add(str(spec), find(spec))
-    for directory in found.values():
-        read_config(directory)  # a damaged checkpoint is one clear line now, not a worker crash later
     return {name: str(directory.resolve()) for name, directory in found.items()}
+
+
+def servable(models: dict[str, str]) -> dict[str, str]:
+    """The models whose checkpoints load, each broken one named in one warning line now
+    (not a worker's crash later); an error, in one line, if none loads."""
+    from charnet.checkpoint import load_checkpoint
+    from charnet.errors import CharnetError, CheckpointError
+
+    good, broken = {}, {}
+    for name, directory in models.items():
+        try:
+            load_checkpoint(Path(directory))
+        except CharnetError as e:
+            broken[name] = " ".join(str(e).split())
+        else:
+            good[name] = directory
+    if not good:
+        raise CheckpointError("; ".join(broken.values()))
+    for name, why in broken.items():
+        typer.echo(f"charnet serve: warning: not serving {name}: {why}", err=True)
+    return good
 
 
 def _check_port(host: str, port: int) -> None:
@@ -98,8 +118,16 @@ def serve(
     max_concurrency: Annotated[int, Opt(min=1, help="Sequences generated at once per model (the batch); a "
                                                     "request takes prompts x n.")] = D.max_concurrency,
     max_queue: Annotated[int, Opt(min=0, help="Sequences that may wait for a slot per model; beyond, 429.")] = D.max_queue,
-    max_chars_cap: Annotated[int, Opt(min=1, help="Largest max_tokens / length a request may ask for.")] = D.max_chars_cap,
-    request_timeout: Annotated[float, Opt(min=0.001, help="Seconds a request may queue and generate in all "
+    max_chars_cap: Annotated[int, Opt(min=1, max=MAX_CHARS, help="Largest max_tokens / length a request may ask "
+                                                                 "for.")] = D.max_chars_cap,
+    max_n: Annotated[int, Opt(min=1, max=MAX_N, help="Most choices (n) and prompts one request may ask for; also the "
+                                                     "most rows one request holds while others wait.")] = D.max_n,
+    max_prompt_chars: Annotated[int, Opt(min=1, help="Longest prompt, in characters (400 above): priming costs a "
+                                                     "token a step.")] = D.max_prompt_chars,
+    max_response_tokens: Annotated[int, Opt(min=1, help="Largest response a request may ask for, in token entries: "
+                                                        "choices x (echoed prompt + max_tokens) x (1 + logprobs); "
+                                                        "/v1/score: characters x (1 + top).")] = D.max_response_tokens,
+    request_timeout: Annotated[float, Opt(min=0.001, help="Seconds a request may queue, prime and generate in all "
                                                           "(408 after).")] = D.request_timeout,
     cache_mb: Annotated[float, Opt(min=0, help="Prompt-state cache per model, MiB (0: off).")] = D.cache_mb,
     max_score_chars: Annotated[int, Opt(min=2, help="Longest text /v1/score accepts, in characters.")] = D.max_score_chars,
@@ -111,6 +139,10 @@ def serve(
                                                      "the server a few thousand frames a second, not one per "
                                                      "character (0: a chunk per step).")] = D.stream_interval,
     device: Annotated[Device, Opt(help="Device to run the models on.")] = Device.cpu,
+    max_connections: Annotated[Optional[int], Opt(min=1, help="Most open connections per process; uvicorn answers "
+                                                              "503 beyond. [default: no limit]",
+                                                  show_default=False)] = None,
+    keep_alive: Annotated[float, Opt(min=0, help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     log_level: Annotated[str, Opt(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve models over HTTP: OpenAI-compatible /v1/completions, /v1/generate, /v1/models,
@@ -118,15 +150,18 @@ def serve(
     to require a bearer key."""
     import uvicorn
 
-    settings = Settings(models=resolve_models(checkpoints or []), device=device.value,
+    settings = Settings(models=servable(resolve_models(checkpoints or [])), device=device.value,
                         max_concurrency=max_concurrency, max_queue=max_queue, max_chars_cap=max_chars_cap,
+                        max_n=max_n, max_prompt_chars=max_prompt_chars, max_response_tokens=max_response_tokens,
                         request_timeout=request_timeout, cache_mb=cache_mb, max_score_chars=max_score_chars,
-                        max_body_bytes=max_body_kb << 10,
-                        threads=threads, stream_interval=stream_interval)
+                        max_body_bytes=max_body_kb << 10, threads=threads, stream_interval=stream_interval)
     _check_port(host, port)
     os.environ.update(settings.to_env())  # how worker processes get the settings
     keyed = "with" if os.environ.get(API_KEY_ENV) else "without"
     typer.echo(f"charnet serve: {', '.join(settings.models)} on http://{host}:{port} ({keyed} an API key)",
                err=True)
+    # Slow clients (a body trickled in, a response read slowly) hold a connection, not the
+    # engine; protection from them belongs to the proxy in front (deploy/nginx.conf).
     uvicorn.run("charnet.server.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, timeout_graceful_shutdown=10)
+                log_level=log_level, timeout_graceful_shutdown=10, limit_concurrency=max_connections,
+                timeout_keep_alive=keep_alive)

@@ -160,8 +160,12 @@ def train(
                                     device=device.value, compile=compile, precision=precision.value, **budgets)
             corpus_data = load_corpus(specs, tokenizer=tokenizer.value, encoding=encoding, separator=sep)
             model_cfg = dataclasses.replace(model_cfg, vocab_size=corpus_data.vocab.size)
-        if corpus_data.skipped_binary and dist.main:
-            print(f"warning: skipped {len(corpus_data.skipped_binary)} binary files", file=sys.stderr)
+        if dist.main:
+            skipped = corpus_data.sources
+            for path, why in skipped.skipped_unreadable:
+                print(f"warning: skipped {path}: {why}", file=sys.stderr)
+            if skipped.skipped_binary:
+                print(f"warning: skipped {len(skipped.skipped_binary)} binary files", file=sys.stderr)
         trainer = Trainer(corpus_data, model_cfg, train_cfg, out, dist=dist, resume=checkpoint)
         result = trainer.fit()
         # The others wait for the report: a process that exits first with 130 makes
@@ -226,5 +230,6 @@ def _report(result) -> None:
     lines = [f"done: {result.step} steps in {minutes}m{seconds:02d}s ({result.stopped})"]
     if result.best_val is not None:
         lines.append(f"best validation loss {result.best_val:.4f} nats/char = {bits(result.best_val):.4f} bits/char")
-    lines.append(f"checkpoints: {result.run_dir}/best, {result.run_dir}/last; continue with --resume --out {result.run_dir}")
+    saved = ", ".join(f"{result.run_dir}/{name}" for name in ("best", "last") if (result.run_dir / name).is_dir())
+    lines.append(f"checkpoints: {saved}; continue with --resume --out {result.run_dir}")
     print("\n".join(lines))

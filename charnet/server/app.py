@@ -10,7 +10,6 @@ one process share nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -20,15 +19,15 @@ import torch
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from charnet import __version__
 from charnet.checkpoint import load_checkpoint
 from charnet.engine import Engine
-from charnet.server import errors
+from charnet.errors import CharnetError
+from charnet.server import errors, openapi
 from charnet.server.deps import Model, ServerState
-from charnet.server.errors import APIError, BodyTooLarge
 from charnet.server.metrics import Metrics, RequestCounter
+from charnet.server.middleware import ApiKey, BodyLimit
 from charnet.server.routers import completions, generate, health, models, score
 from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
@@ -46,48 +45,6 @@ DESCRIPTION = """Character-level recurrent language models over HTTP.
 
 When the server has `CHARNET_API_KEY` set, `/v1/*` needs `Authorization: Bearer <key>`.
 """
-
-
-class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413 before anything parses them: at once
-    from Content-Length, or as soon as a chunked body grows past the limit."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                await _send_error(send, APIError(400, "invalid Content-Length header"))
-                return
-            if int(length) > self.limit:
-                await _send_error(send, APIError(413, f"request body exceeds the server's limit of {self.limit} "
-                                                      "bytes", code="body_too_large"))
-                return
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        await self.app(scope, limited, send)
-
-
-async def _send_error(send: Send, error: APIError) -> None:
-    body = json.dumps(error.body()).encode()
-    await send({"type": "http.response.start", "status": error.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 PAGE_HEADERS = {
@@ -115,11 +72,19 @@ def _model_info(engine: Engine) -> dict:
 
 
 def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:
+    """Every model that loads; one that does not is named in one warning line and left
+    out (`charnet serve` checked them all before starting, so this is a checkpoint that
+    broke since)."""
     loaded: dict[str, Model] = {}
+    device = resolve_device(settings.device)
     for name, path in settings.models.items():
-        engine = Engine(load_checkpoint(Path(path), resolve_device(settings.device)), cache_bytes=int(settings.cache_mb * (1 << 20)))
+        try:
+            engine = Engine(load_checkpoint(Path(path), device), cache_bytes=int(settings.cache_mb * (1 << 20)))
+        except CharnetError as e:
+            log.warning("not serving %s: %s", name, e)
+            continue
         scheduler = Scheduler(name, engine, metrics, max_concurrency=settings.max_concurrency,
-                              max_queue=settings.max_queue, timeout=settings.request_timeout)
+                              max_queue=settings.max_queue, max_n=settings.max_n, timeout=settings.request_timeout)
         created = int((engine.path / "config.json").stat().st_mtime)
         loaded[name] = Model(name, engine, scheduler, created, _model_info(engine))
         log.info("loaded model %s from %s", name, engine.path)
@@ -137,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         torch.set_num_threads(settings.threads)
         # Loading reads and hashes the weights: off the event loop.
         state.models = await asyncio.to_thread(_load, settings, metrics)
+        if not state.models:
+            raise CharnetError(f"none of the models could be loaded ({', '.join(settings.models)})")
         for model in state.models.values():
             model.scheduler.start()
         state.ready = True
@@ -148,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="charnet", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.charnet = state
+    app.openapi = lambda: openapi.schema(app, state)
     metrics.watch_caches(lambda: [(m.name, m.engine.cache) for m in state.models.values()])
     errors.install(app)
     for router in (completions.router, generate.router, score.router, models.router, health.router):
@@ -162,7 +130,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def root() -> HTMLResponse:
         return HTMLResponse(page, headers=PAGE_HEADERS)
 
-    # Added last = outermost: count everything, refuse big bodies before any parsing.
+    # Added last = outermost: count everything, then check the key, then refuse big
+    # bodies, all before anything reads the body.
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(ApiKey, key=settings.api_key)
     app.add_middleware(RequestCounter, metrics=metrics)
     return app

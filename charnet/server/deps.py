@@ -1,13 +1,11 @@
-"""Dependencies shared by the routers: settings, state, the API key check, model lookup."""
+"""Dependencies shared by the routers: settings, state, readiness, model lookup."""
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from charnet.engine import Engine
 from charnet.server.errors import APIError
@@ -35,8 +33,6 @@ class ServerState:
     metrics: Metrics
     models: dict[str, Model] = field(default_factory=dict)
     ready: bool = False
-    scoring: dict[str, int] = field(default_factory=dict)
-    """Score requests in flight per model (admission for /v1/score)."""
 
 
 def get_state(request: Request) -> ServerState:
@@ -44,28 +40,6 @@ def get_state(request: Request) -> ServerState:
 
 
 State = Annotated[ServerState, Depends(get_state)]
-
-
-def get_settings(state: State) -> Settings:
-    return state.settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-# auto_error=False: a missing key is our 401 in OpenAI's shape, not FastAPI's 403.
-_bearer = HTTPBearer(auto_error=False, description="The server's CHARNET_API_KEY, when it has one.")
-
-
-def require_key(settings: SettingsDep,
-                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    """401 unless the request carries ``Authorization: Bearer <CHARNET_API_KEY>`` (when a
-    key is set). Compared in constant time."""
-    if not settings.api_key:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode("utf-8"), settings.api_key.encode("utf-8")):
-        message = "missing API key: send Authorization: Bearer <key>" if not given else "invalid API key"
-        raise APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def ready_state(state: State) -> ServerState:

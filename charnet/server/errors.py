@@ -50,8 +50,9 @@ class BodyTooLarge(StarletteHTTPException):
 def _param(loc: tuple) -> str | None:
     """The field a validation error is about: ("body", "stop", 0) -> "stop"."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header") and not isinstance(p, int)]
-    # Union members show up as loc entries such as "str" or "list[str]": not field names.
-    parts = [p for p in parts if not p.startswith(("list[", "dict[")) and p not in ("str", "int", "float", "bool")]
+    # Union members show up as loc entries such as "str", "list[str]" or "constrained-str":
+    # not field names (which have neither brackets nor hyphens).
+    parts = [p for p in parts if "[" not in p and "-" not in p and p not in ("str", "int", "float", "bool")]
     return ".".join(parts) or None
 
 
@@ -59,7 +60,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     if not errors:
         return APIError(400, "invalid request")
-    first = errors[0]
+    # A union reports every member's error; the member that got furthest into the value
+    # (the longest location) is the one the client meant.
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
         return APIError(400, f"request body is not valid JSON: {detail}".rstrip(": "), code="invalid_json")

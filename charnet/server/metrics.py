@@ -15,6 +15,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+
 # Characters come every few milliseconds; first characters and whole requests take longer.
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -98,8 +101,9 @@ class RequestCounter:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            route = scope.get("route")
-            # The template (/v1/models), never the raw path: unknown paths would explode
-            # the label space.
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.http_requests.labels(scope.get("method", ""), path, str(status[0])).inc()
+            # Labels come from fixed sets only, the route's template (/v1/models) and the
+            # standard methods, never from the raw request: clients choosing paths or
+            # methods would otherwise create a series each.
+            route = getattr(scope.get("route"), "path", None) or OTHER
+            method = scope.get("method", "")
+            self.metrics.http_requests.labels(method if method in METHODS else OTHER, route, str(status[0])).inc()

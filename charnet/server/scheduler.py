@@ -1,18 +1,27 @@
 """The per-model engine loop: continuous batching in a thread of its own.
 
-A `Scheduler` owns one model's `Batch`. Requests (`Job`s) are admitted on the event
-loop by `submit`, which answers 429 at once when the running slots and the queue are
-full; the loop thread moves them from the queue into the batch as slots free up, steps
-every running sequence by one character, and hands what each step produced to asyncio
-with one `loop.call_soon_threadsafe` per step. Finished, cancelled and timed-out
-requests leave the batch at the next step. The model never runs on the event loop.
+A `Scheduler` owns one model's `Batch`. Requests (`Job`s) are admitted on the event loop
+by `submit`, which answers 429 at once when the model holds as many sequences as its
+running slots and queue allow; the loop thread takes them in, and every round it
 
-A slot is one sequence (one choice): a request for n choices of k prompts takes n * k.
+1. ends cancelled requests and those past their deadline (`--request-timeout` counts from
+   arrival: queueing, priming and generation alike);
+2. shares the batch's rows among the requests fairly (`charnet.server.fairness`), each
+   request at most `--max-n` at once: a request over its share has sequences suspended
+   (their state kept, to resume exactly), one under it has sequences admitted;
+3. advances every row by one token: sampling rows write a character, priming rows feed
+   the next character of their prompt, so a long prompt primes a token a step beside
+   everyone else's generation;
+4. gives at most `SCORE_SHARE` of its time to scoring texts for /v1/score, a window of
+   `SCORE_WINDOW` characters at a time (all of it when nothing generates);
 
-Failures stay small: an error while priming or sampling one sequence fails only its
-request (the batch drops that row and carries on); an error in the batched step itself
-fails the requests then in the batch, and the loop starts a fresh batch. The thread
-catches everything and lives until `close`.
+and hands what the round produced to asyncio, one `loop.call_soon_threadsafe` per event
+loop. The model never runs on the event loop.
+
+Failures stay small: an error while starting or sampling one sequence fails only its
+request (the batch drops that row and carries on); an error in the batched kernel step
+itself fails the requests then in the batch, and the loop starts a fresh batch. The
+thread catches everything and lives until `close`.
 """
 
 from __future__ import annotations
@@ -22,114 +31,48 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+
+import numpy as np
 
 from charnet.engine import Engine
-from charnet.generation import FINISH_ERROR, CharLogprob, GenerationRequest, Sequence
+from charnet.errors import ConfigError
+from charnet.generation import FINISH_ERROR, Sequence
+from charnet.request import GenerationRequest
+from charnet.scoring import Scorer
+from charnet.server.fairness import water_fill
+from charnet.server.job import Choice, Job, Out, Overloaded, ScoreJob, ShuttingDown
 from charnet.server.metrics import Metrics
 
 log = logging.getLogger("charnet.server")
 
+SCORE_WINDOW = 64
+"""Characters /v1/score scores between two looks at the batch."""
 
-class Overloaded(Exception):
-    """Every slot and the whole queue are taken."""
-
-
-class ShuttingDown(Exception):
-    """The scheduler no longer takes requests."""
-
-
-@dataclass
-class Out:
-    """What one request got from one step: a piece of a choice, or the end."""
-
-    index: int = -1
-    text: str = ""
-    logprobs: list[CharLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    error: tuple[int, str] | None = None
-    """(status, message) when the request failed or timed out."""
-    end: bool = False
-    """No more events follow."""
-
-
-class Job:
-    """One request: groups of (request, n) sequences, and its inbox on the event loop."""
-
-    def __init__(self, groups: list[tuple[GenerationRequest, int]], loop: asyncio.AbstractEventLoop,
-                 timeout: float, model: str, metrics: Metrics) -> None:
-        self.groups = groups
-        self.slots = sum(n for _, n in groups)
-        self.loop = loop
-        self.model = model
-        self.metrics = metrics
-        self.arrived = time.monotonic()
-        self.deadline = self.arrived + timeout
-        self.seqs: list[Sequence] = []  # choice order, set by the loop thread when started
-        self.remaining = 0
-        self.state = "new"  # new -> waiting -> running -> done (guarded by the scheduler's lock)
-        # Event-loop side only:
-        self.inbox: list[Out] = []
-        self.wakeup = asyncio.Event()
-        self.finished = False
-        self.failed: tuple[int, str] | None = None
-        self._first_char: float | None = None
-        self._last_char: float | None = None
-
-    # -- event-loop side ------------------------------------------------------------------
-
-    def _deliver(self, out: Out) -> None:
-        self.inbox.append(out)
-        self.wakeup.set()
-
-    async def next_events(self) -> list[Out]:
-        """Wait for and take what has arrived since the last call (empty once finished)."""
-        while not self.inbox:
-            if self.finished:
-                return []
-            await self.wakeup.wait()
-            self.wakeup.clear()
-        events, self.inbox = self.inbox, []
-        for event in events:
-            self.finished = self.finished or event.end
-            self.failed = self.failed or event.error
-        return events
-
-    def emitted(self, chars: int) -> None:
-        """Record that `chars` characters went to the client now (for the latency metrics)."""
-        if chars <= 0:
-            return
-        now = time.monotonic()
-        if self._first_char is None:
-            self._first_char = now
-            self.metrics.ttfc.labels(self.model).observe(now - self.arrived)
-        elif self._last_char is not None:
-            gap = (now - self._last_char) / chars
-            self.metrics.inter_char.labels(self.model).observe(gap)
-        self._last_char = now
-        self.metrics.chars.labels(self.model).inc(chars)
-
-    def completed(self) -> None:
-        self.metrics.e2e.labels(self.model).observe(time.monotonic() - self.arrived)
+SCORE_SHARE = 0.1
+"""Most of the loop's time scoring takes while anything generates."""
 
 
 class Scheduler:
     """One model's engine loop thread and its admission control."""
 
     def __init__(self, name: str, engine: Engine, metrics: Metrics, *, max_concurrency: int, max_queue: int,
-                 timeout: float) -> None:
+                 max_n: int, timeout: float) -> None:
         self.name, self.engine, self.metrics = name, engine, metrics
-        self.max_concurrency, self.max_queue, self.timeout = max_concurrency, max_queue, timeout
+        self.max_concurrency, self.max_queue, self.max_n, self.timeout = max_concurrency, max_queue, max_n, timeout
         self._cond = threading.Condition()
-        self._waiting: deque[Job] = deque()
+        self._arrivals: deque[Job] = deque()
         self._cancels: list[Job] = []
-        self._running_slots = 0
-        self._waiting_slots = 0
+        self._held = 0  # sequences of every request not yet done (admission)
+        self._scoring = 0  # score requests not yet done
         self._closed = False
-        self._running_jobs = 0  # len(self._jobs), as last published by the loop thread
-        self._running: dict[int, tuple[Job, int]] = {}  # sequence id -> (job, choice index); loop thread only
-        self._jobs: set[Job] = set()  # running jobs; loop thread only
-        self._batch = engine.new_batch()
+        # Loop thread only:
+        self._jobs: list[Job] = []  # generating, in order of arrival
+        self._scores: deque[ScoreJob] = deque()
+        self._scorers: dict[ScoreJob, Scorer] = {}
+        self._owner: dict[int, tuple[Job, int]] = {}  # sequence id -> (job, choice index)
+        self._seqs: dict[Job, list[Sequence]] = {}
+        self._score_debt = 0.0  # seconds the batch is owed before the next score window
+        self._batch = engine.new_batch(auto_admit=False)
         self._thread = threading.Thread(target=self._run, name=f"charnet-engine-{name}", daemon=True)
 
     # -- event-loop side ------------------------------------------------------------------
@@ -142,31 +85,45 @@ class Scheduler:
         return self._thread.is_alive() and not self._closed
 
     def submit(self, groups: list[tuple[GenerationRequest, int]]) -> Job:
-        """Queue a request, or raise `Overloaded` (429) / `ShuttingDown` at once."""
+        """Queue a generation, or raise `Overloaded` (429) / `ShuttingDown` at once."""
         job = Job(groups, asyncio.get_running_loop(), self.timeout, self.name, self.metrics)
         with self._cond:
-            if self._closed:
-                raise ShuttingDown()
-            if self._running_slots + self._waiting_slots + job.slots > self.max_concurrency + self.max_queue:
+            self._check_open()
+            if self._held + job.slots > self.max_concurrency + self.max_queue:
                 self.metrics.rejected.labels(self.name).inc()
                 raise Overloaded()
-            job.state = "waiting"
-            self._waiting.append(job)
-            self._waiting_slots += job.slots
-            self._update_gauges()
-            self._cond.notify()
+            self._held += job.slots
+            self._arrive(job)
         return job
 
-    def cancel(self, job: Job) -> None:
-        """Stop a request now (its client went away): a waiting one leaves the queue at
-        once, a running one leaves the batch before the next step."""
+    def submit_score(self, ids: np.ndarray, top: int, unknown: int) -> ScoreJob:
+        """Queue a text to score, or raise `Overloaded` when --max-concurrency texts are
+        being scored already."""
+        job = ScoreJob(ids, top, unknown, asyncio.get_running_loop(), self.timeout, self.name, self.metrics)
         with self._cond:
-            if job.state == "waiting":
-                self._waiting.remove(job)
-                self._waiting_slots -= job.slots
-                job.state = "done"
-                self._update_gauges()
-            elif job.state == "running":
+            self._check_open()
+            if self._scoring >= self.max_concurrency:
+                self.metrics.rejected.labels(self.name).inc()
+                raise Overloaded()
+            self._scoring += 1
+            self._arrive(job)
+        return job
+
+    def _check_open(self) -> None:  # with the lock held
+        if self._closed:
+            raise ShuttingDown()
+
+    def _arrive(self, job: Job) -> None:  # with the lock held
+        self._arrivals.append(job)
+        self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop a request now (its client went away): it leaves before the next step."""
+        with self._cond:
+            if job in self._arrivals:
+                self._arrivals.remove(job)
+                self._release(job)
+            else:
                 self._cancels.append(job)
                 self._cond.notify()
 
@@ -177,9 +134,11 @@ class Scheduler:
             self._cond.notify()
         self._thread.join(timeout)
 
-    def _update_gauges(self) -> None:  # with the lock held
-        self.metrics.waiting.labels(self.name).set(len(self._waiting))
-        self.metrics.running.labels(self.name).set(self._running_jobs)
+    def _release(self, job: Job) -> None:  # with the lock held
+        if isinstance(job, ScoreJob):
+            self._scoring -= 1
+        else:
+            self._held -= job.slots
 
     # -- loop thread ----------------------------------------------------------------------
 
@@ -193,160 +152,188 @@ class Scheduler:
                 self._fail_all(500, "internal error in the generation loop")
         self._fail_all(503, "the server is shutting down")
         with self._cond:
-            for job in self._waiting:
-                self._post([(job, Out(error=(503, "the server is shutting down"), end=True))])
-            self._waiting.clear()
+            waiting, self._arrivals = list(self._arrivals), deque()
+            for job in waiting:
+                self._release(job)
+        self._post([(job, Out(error=(503, "the server is shutting down"), end=True)) for job in waiting])
 
     def _iterate(self) -> bool:
-        """One round: take cancellations and admissions, then one step. False to stop."""
+        """One round: cancellations, arrivals, timeouts, rows, one step. False to stop."""
         with self._cond:
-            while not self._closed and not self._cancels and not self._waiting and not len(self._batch):
+            while not (self._closed or self._cancels or self._arrivals or self._jobs or self._scores):
                 self._cond.wait()
             if self._closed:
                 return False
             cancels, self._cancels = self._cancels, []
-            starting = []
-            while self._waiting and self._running_slots + self._waiting[0].slots <= self.max_concurrency:
-                job = self._waiting.popleft()
-                self._waiting_slots -= job.slots
-                self._running_slots += job.slots
-                job.state = "running"
-                starting.append(job)
-            self._timeout_waiting()
+            arrivals, self._arrivals = list(self._arrivals), deque()
         out: list[tuple[Job, Out]] = []
         with self.engine.lock:
             for job in cancels:
-                self._finish(job, None, out, cancel=True)
-            self._start_all(starting, out)
+                self._end(job, None, out)
+            for job in arrivals:
+                self._start(job, out)
             self._timeouts(out)
-            if len(self._batch):
-                self._step(out)
-        with self._cond:
-            self._running_jobs = len(self._jobs)
-            self._update_gauges()
-        self.metrics.batch_rows.labels(self.name).set(len(self._batch))
+            self._allocate(out)
+            stepped = self._step(out) if self._batch.rows else 0.0
+            self._score_turn(stepped, out)
+        running = sum(1 for job in self._jobs if any(s.row >= 0 for s in self._seqs[job]))
+        self.metrics.running.labels(self.name).set(running + len(self._scores))
+        self.metrics.waiting.labels(self.name).set(len(self._jobs) - running)
+        self.metrics.batch_rows.labels(self.name).set(self._batch.rows)
         self._post(out)
         return True
 
-    def _timeout_waiting(self) -> None:  # with the lock held
-        now = time.monotonic()
-        expired = [job for job in self._waiting if now > job.deadline]
-        for job in expired:
-            self._waiting.remove(job)
-            self._waiting_slots -= job.slots
-            job.state = "done"
-            self.metrics.timeouts.labels(self.name).inc()
-            self._post([(job, Out(error=(408, self._timeout_message()), end=True))])
-
-    def _timeout_message(self) -> str:
-        return f"request exceeded the server's --request-timeout of {self.timeout:g} s"
-
-    def _start_all(self, jobs: list[Job], out: list) -> None:
-        """Start the jobs admitted this round, their prompts primed together; should
-        that fail, one by one, so a failure fails only its own request."""
-        if len(jobs) > 1:
-            try:
-                started = self._batch.add_many([group for job in jobs for group in job.groups])
-            except Exception:
-                log.exception("priming %d requests together on %s failed; starting them one by one",
-                              len(jobs), self.name)
-            else:
-                for job in jobs:
-                    for _ in job.groups:
-                        job.seqs += started.pop(0)
-                    self._started(job, out)
-                return
-        for job in jobs:
-            self._start(job, out)
-
     def _start(self, job: Job, out: list) -> None:
-        try:
-            for seqs in self._batch.add_many(job.groups):
-                job.seqs += seqs
-        except Exception as e:  # a failure priming this prompt fails this request only (add_many left no rows)
-            log.exception("starting a request on %s failed", self.name)
-            self._release(job)
-            out.append((job, Out(error=(500, f"generation failed: {type(e).__name__}"), end=True)))
+        if isinstance(job, ScoreJob):
+            self._scorers[job] = Scorer(self.engine.model, job.ids, self.engine.device, unknown=job.unknown,
+                                        top=job.top)
+            self._scores.append(job)
             return
-        self._started(job, out)
-
-    def _started(self, job: Job, out: list) -> None:
-        """Track a job whose sequences have joined the batch."""
-        self._jobs.add(job)
-        job.remaining = 0
-        for index, seq in enumerate(job.seqs):
+        seqs: list[Sequence] = []
+        try:
+            for request, n in job.groups:
+                seqs += self._batch.add(request, n)
+        except Exception as e:  # starting this request failed: only it fails (nothing of it has a row yet)
+            for seq in seqs:
+                self._batch.cancel(seq)
+            status = 400 if isinstance(e, ConfigError) else 500
+            if status == 500:
+                log.exception("starting a request on %s failed", self.name)
+            self._finish(job, (status, str(e) if status == 400 else f"generation failed: {type(e).__name__}"), out)
+            return
+        job.choices = [Choice(s.seed, s.prompt_tokens) for s in seqs]
+        self._seqs[job] = seqs
+        self._jobs.append(job)
+        for index, seq in enumerate(seqs):
             if seq.finished:  # max_chars == 0: done before its first step
-                out.append((job, Out(index, "", [], seq.finish_reason)))
+                out.append((job, Out(index, "", (), seq.finish_reason)))
             else:
-                self._running[seq.id] = (job, index)
-                job.remaining += 1
-        if not job.remaining:
-            self._finish(job, None, out)
+                self._owner[seq.id] = (job, index)
+        if all(s.finished for s in seqs):
+            self._end(job, None, out, done=True)
 
     def _timeouts(self, out: list) -> None:
         now = time.monotonic()
-        for job in [j for j in self._jobs if now > j.deadline]:
+        message = f"request exceeded the server's --request-timeout of {self.timeout:g} s"
+        for job in [j for j in [*self._jobs, *self._scores] if now > j.deadline]:
             self.metrics.timeouts.labels(self.name).inc()
-            self._finish(job, (408, self._timeout_message()), out, cancel=True)
+            self._end(job, (408, message), out)
 
-    def _step(self, out: list) -> None:
+    def _allocate(self, out: list) -> None:
+        """Suspend and admit sequences so that each request holds its fair share of the
+        rows."""
+        batch = self._batch
+        jobs = list(self._jobs)
+        seqs = [self._seqs[j] for j in jobs]
+        held = [[s for s in group if s.row >= 0] for group in seqs]
+        ready = [[s for s in group if s.ready] for group in seqs]
+        demands = [min(self.max_n, len(h) + len(r)) for h, r in zip(held, ready)]
+        alloc = water_fill(demands, self.max_concurrency)
+        for rows, share in zip(held, alloc):
+            for seq in rows[share:]:  # over its share: the latest choices wait
+                batch.suspend(seq)
+        for job, rows, waiting, share in zip(jobs, held, ready, alloc):
+            try:
+                for seq in waiting[:max(0, share - len(rows))]:
+                    batch.admit(seq)
+            except Exception as e:  # e.g. the prompt cache failing: this request only
+                log.exception("starting a sequence on %s failed", self.name)
+                self._end(job, (500, f"generation failed: {type(e).__name__}"), out)
+
+    def _step(self, out: list) -> float:
+        """One batched step; returns the seconds it took."""
+        started = time.perf_counter()
         try:
             pieces = self._batch.step()
         except Exception:
             log.exception("batched step of %s failed; failing the requests in it", self.name)
             for job in list(self._jobs):
-                self._finish(job, (500, "internal error in the batched step"), out, cancel=True)
-            self._batch = self.engine.new_batch()
-            return
+                self._end(job, (500, "internal error in the batched step"), out)
+            self._batch = self.engine.new_batch(auto_admit=False)
+            return time.perf_counter() - started
+        finished: dict[Job, None] = {}  # in order; ended once every piece of the step is out
         for piece in pieces:
-            owner = self._running.get(piece.seq.id)
+            owner = self._owner.get(piece.seq.id)
             if owner is None:
                 continue
             job, index = owner
             if piece.finish_reason == FINISH_ERROR:
                 self.metrics.failures.labels(self.name).inc()
-                self._finish(job, (500, f"generation failed: {type(piece.seq.error).__name__}"), out, cancel=True)
+                self._end(job, (500, f"generation failed: {type(piece.seq.error).__name__}"), out)
                 continue
             if piece.text or piece.finish_reason or piece.logprobs:
-                out.append((job, Out(index, piece.text, piece.logprobs, piece.finish_reason)))
+                out.append((job, Out(index, piece.text, tuple(piece.logprobs), piece.finish_reason,
+                                     piece.seq.generated)))
             if piece.finish_reason:
-                self._running.pop(piece.seq.id, None)
-                job.remaining -= 1
-                if not job.remaining:
-                    self._finish(job, None, out)
+                del self._owner[piece.seq.id]
+                if all(s.finished for s in self._seqs[job]):
+                    finished[job] = None
+        for job in finished:
+            self._end(job, None, out, done=True)
+        return time.perf_counter() - started
 
-    def _finish(self, job: Job, error: tuple[int, str] | None, out: list, cancel: bool = False) -> None:
-        """End a running job: free its rows (when cancelling) and its slots; post its end."""
-        if job not in self._jobs and job.state != "running":
+    def _score_turn(self, stepped: float, out: list) -> None:
+        """Score one window of the next text, if scoring has not had its share."""
+        if not self._scores:
+            self._score_debt = 0.0
             return
-        if cancel:
-            for seq in job.seqs:
-                self._running.pop(seq.id, None)
-                if not seq.finished:
-                    self._batch.cancel(seq)
-        self._jobs.discard(job)
-        self._release(job)
-        if error is None and cancel:
-            return  # the client is gone: nobody reads its inbox
-        out.append((job, Out(error=error, end=True)))
+        if self._batch.rows and self._score_debt > 0:
+            self._score_debt -= stepped
+            return
+        job = self._scores[0]
+        scorer = self._scorers[job]
+        started = time.perf_counter()
+        try:
+            scorer.advance(SCORE_WINDOW)
+        except Exception as e:
+            log.exception("scoring a text on %s failed", self.name)
+            self._end(job, (500, f"scoring failed: {type(e).__name__}"), out)
+            return
+        spent = time.perf_counter() - started
+        self._score_debt = spent * (1 - SCORE_SHARE) / SCORE_SHARE if self._batch.rows else 0.0
+        if scorer.done:
+            out.append((job, Out(score=scorer.result())))
+            self._end(job, None, out, done=True)
+        else:
+            self._scores.rotate(-1)  # texts take turns
 
-    def _release(self, job: Job) -> None:
+    def _end(self, job: Job, error: tuple[int, str] | None, out: list, done: bool = False) -> None:
+        """End a job: cancelled by its client (no error, not done: nobody reads its
+        inbox), failed or timed out (`error`), or `done`; free what it held."""
+        if isinstance(job, ScoreJob):
+            if job not in self._scorers:
+                return
+            del self._scorers[job]
+            self._scores.remove(job)
+        else:
+            if job not in self._seqs:
+                return
+            for seq in self._seqs.pop(job):
+                self._owner.pop(seq.id, None)
+                self._batch.cancel(seq)
+            self._jobs.remove(job)
+        self._finish(job, error, out, post=error is not None or done)
+
+    def _finish(self, job: Job, error: tuple[int, str] | None, out: list, post: bool = True) -> None:
         with self._cond:
-            if job.state == "running":
-                self._running_slots -= job.slots
-            job.state = "done"
+            self._release(job)
+        if post:
+            out.append((job, Out(error=error, end=True)))
 
     def _fail_all(self, status: int, message: str) -> None:
         out: list = []
         try:
             with self.engine.lock:
-                for job in list(self._jobs):
-                    self._finish(job, (status, message), out, cancel=True)
+                for job in [*self._jobs, *self._scores]:
+                    self._end(job, (status, message), out)
         except Exception:
             log.exception("failing the requests of %s", self.name)
             self._jobs.clear()
-            self._running.clear()
-        self._batch = self.engine.new_batch()
+            self._seqs.clear()
+            self._scores.clear()
+            self._scorers.clear()
+            self._owner.clear()
+        self._batch = self.engine.new_batch(auto_admit=False)
         self._post(out)
 
     @staticmethod

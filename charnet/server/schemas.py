@@ -8,23 +8,124 @@ strict (no "1" for 1, no true for 1), so a wrong type is a 400 naming the field.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from charnet.generation import MAX_LOGPROBS
+from charnet.config import MAX_VOCAB
+from charnet.engine import Engine
+from charnet.errors import ConfigError
+from charnet.request import MAX_CHARS, MAX_LOGPROBS, GenerationRequest, lone_surrogate
+from charnet.server.errors import APIError
+from charnet.server.settings import MAX_N
+from charnet.stops import MAX_STOP_CHARS, MAX_STOPS
 
-MAX_SEED = (1 << 63) - 1
-MAX_STOPS = 16
-MAX_N = 128
+MAX_SEED = (1 << 53) - 1
+"""The largest seed over HTTP: the largest integer every JSON parser reads exactly (a
+float64 cannot tell 2^63 - 1 from 2^63), and so one a JavaScript client can send back."""
 
-Stop = Optional[Union[str, list[str]]]
+StopText = Field(min_length=1, max_length=MAX_STOP_CHARS)
+Stop = Optional[Union[Annotated[str, StopText], Annotated[list[Annotated[str, StopText]], Field(max_length=MAX_STOPS)]]]
+
+
+def limit(**bounds: str) -> dict[str, Any]:
+    """Mark a field as bounded by the server's settings (or, for ``vocab_size``, by the
+    model's vocabulary): its ``value``, its ``length`` in characters (of each string, for
+    a list), or its number of ``items``, each named by the setting that bounds it. The
+    mark appears in /openapi.json as ``x-charnet-limit``, where the server also fills in
+    the bounds it applies (`charnet.server.openapi`); `_Request.check_limits` enforces
+    them."""
+    return {"x-charnet-limit": bounds}
 
 
 class _Request(BaseModel):
     # Unknown fields are ignored, as OpenAI-compatible servers do, so clients that send
     # extras (user, metadata...) still work.
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_floats(cls, value: Any) -> Any:
+        # JSON Schema counts 1.0 as an integer, and so does this server; 1.5 stays a float,
+        # refused where an integer is wanted.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> _Request:
+        # JSON can spell a lone surrogate ("\ud800"); such text cannot be written back
+        # out as UTF-8, so it is refused where it enters, naming the field.
+        errors = [InitErrorDetails(type=PydanticCustomError("invalid_unicode", "is not valid Unicode: a lone "
+                                                            "surrogate at index {index}", {"index": at}),
+                                   loc=loc, input=text)
+                  for loc, text in _strings(self) if (at := lone_surrogate(text)) is not None]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+    def check_limits(self, limits: Mapping[str, int]) -> None:
+        """400 for a field past a bound `limit` marked it with (`limits`: setting -> bound).
+        A default past its bound takes the bound instead: the server's own limit is what
+        a client that did not choose gets."""
+        for name, info in type(self).model_fields.items():
+            for of, setting in ((info.json_schema_extra or {}).get("x-charnet-limit") or {}).items():
+                value = getattr(self, name)
+                if of == "value" and name not in self.model_fields_set and value is not None:
+                    setattr(self, name, min(value, limits[setting]))
+                elif value is not None:
+                    _check(name, value, of, limits[setting], setting)
+
+
+def _check(name: str, value: Any, of: str, bound: int, setting: str) -> None:
+    option = "the model's vocabulary size" if setting == "vocab_size" else "--" + setting.replace("_", "-")
+    if of == "value" and value > bound:
+        raise APIError(400, f"{name}: {value} is above this server's limit of {bound} ({option})", param=name,
+                       code=f"{name}_too_large")
+    if of == "items" and isinstance(value, list) and len(value) > bound:
+        raise APIError(400, f"{name}: {len(value)} items is above this server's limit of {bound} ({option})",
+                       param=name, code=f"{name}_too_many")
+    longest = max(map(len, [value] if isinstance(value, str) else value), default=0) if of == "length" else 0
+    if longest > bound:
+        raise APIError(400, f"{name}: {longest:,} characters is above this server's limit of {bound:,} ({option})",
+                       param=name, code=f"{name}_too_long")
+
+
+def _strings(model: BaseModel, prefix: tuple = ()):
+    """(location, text) of every string a request holds, nested models, lists and dict keys too."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
+        if isinstance(value, str):
+            yield (*prefix, name), value
+        elif isinstance(value, BaseModel):
+            yield from _strings(value, (*prefix, name))
+        elif items is not None:
+            for key, item in items:
+                for text in (key, item) if isinstance(value, dict) else (item,):
+                    if isinstance(text, str):
+                        yield (*prefix, name, key), text
+
+
+def response_budget(choices: int, lengths: list[int], logprobs: int | None, budget: int, fields: str) -> None:
+    """400 unless the response a request asks for fits the server's budget: `choices`
+    per entry of `lengths` (each the tokens one choice may return), times 1 + the
+    alternatives per token. Checked before any work, so a 100-byte request cannot ask
+    for a 100 MB answer."""
+    size = choices * sum(lengths) * (1 + (logprobs or 0))
+    if size > budget:
+        raise APIError(400, f"{fields} = {size:,} tokens of response, above this server's limit of {budget:,} "
+                            "(--max-response-tokens); ask for fewer", code="response_budget_exceeded")
+
+
+def _engine_request(prompt: str, names: Mapping[str, str], **settings: Any) -> GenerationRequest:
+    """A validated `GenerationRequest`; a 400 naming the field as the client spelled it."""
+    try:
+        return Engine.request(prompt, **{k: v for k, v in settings.items() if v is not None})
+    except ConfigError as e:
+        param = names.get(e.field, e.field)
+        raise APIError(400, f"{param}: {e.message}", param=param, code="invalid_value") from None
 
 
 class StreamOptions(_Request):
@@ -33,19 +134,33 @@ class StreamOptions(_Request):
 
 
 class CompletionRequest(_Request):
-    """OpenAI legacy completions request (`POST /v1/completions`)."""
+    """OpenAI legacy completions request (`POST /v1/completions`). OpenAI's `best_of` is
+    not supported: a request that sets it to anything but n is refused."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_best_of(cls, data: Any) -> Any:
+        # Not a field: the schema cannot say "equal to n", and best_of is no choice here.
+        if isinstance(data, dict) and data.get("best_of") not in (None, data.get("n") or 1):
+            raise APIError(400, "best_of: not supported (it may only equal n)", param="best_of",
+                           code="best_of_unsupported")
+        return data
 
     model: str = Field(description="Model to use: a name from `GET /v1/models` (the checkpoint's directory name).")
-    prompt: Union[str, list[str]] = Field(
-        "", description="Text to continue, or a list of texts (each gets `n` choices). Empty starts a new document.")
-    max_tokens: Optional[int] = Field(16, ge=0, description="Characters to generate at most (bytes for a "
-                                                            "byte-vocabulary model); capped by the server's "
-                                                            "--max-chars-cap.")
-    temperature: Optional[float] = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    prompt: Union[str, Annotated[list[str], Field(min_length=1)]] = Field(
+        "", description="Text to continue, or a list of texts (each gets `n` choices; at most --max-n of them). "
+                        "Empty starts a new document. At most --max-prompt-chars characters each.",
+        json_schema_extra=limit(length="max_prompt_chars", items="max_n"))
+    max_tokens: Optional[int] = Field(16, ge=0, le=MAX_CHARS, description="Characters to generate at most (bytes "
+                                      "for a byte-vocabulary model); at most the server's --max-chars-cap.",
+                                      json_schema_extra=limit(value="max_chars_cap"))
+    temperature: Optional[float] = Field(1.0, ge=0, allow_inf_nan=False, description="Sampling temperature; 0 is "
+                                                                                      "greedy.")
     top_p: Optional[float] = Field(1.0, gt=0, le=1, description="Nucleus sampling mass in (0, 1]; 1 is off.")
-    n: Optional[int] = Field(1, ge=1, le=MAX_N, description="Choices per prompt; choice i uses seed + i.")
-    stop: Stop = Field(None, description=f"Up to {MAX_STOPS} strings; generation ends before the first one "
-                                         "appears, which is not returned.")
+    n: Optional[int] = Field(1, ge=1, le=MAX_N, description="Choices per prompt; choice i uses seed + i. At most "
+                             "the server's --max-n.", json_schema_extra=limit(value="max_n"))
+    stop: Stop = Field(None, description=f"Up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters; "
+                                         "generation ends before the first one appears, which is not returned.")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed of the draws: the same seed gives the "
                                                                      "same text. Random when omitted.")
     stream: Optional[bool] = Field(False, description="Stream `text/event-stream` chunks (`data: {...}`), "
@@ -53,20 +168,42 @@ class CompletionRequest(_Request):
     stream_options: Optional[StreamOptions] = Field(None, description="Streaming options.")
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
                                     description="Return each character's log-probability and this many most "
-                                                "likely alternatives (the sampled one is always included).")
+                                                "likely alternatives (the sampled one is always included). The "
+                                                "response may hold at most --max-response-tokens entries: "
+                                                "choices x (echoed prompt + max_tokens) x (1 + logprobs).")
     echo: Optional[bool] = Field(False, description="Return the prompt before the completion.")
-    top_k: Optional[int] = Field(None, ge=0, description="charnet extra: sample among the k most likely "
-                                                         "characters only; 0 is off.")
-    repetition_penalty: Optional[float] = Field(None, gt=0, description="charnet extra: above 1 discourages the "
-                                                                        "characters of the last 64; 1 is off.")
-    # Accepted for compatibility; values other than the neutral one are refused (400).
-    best_of: Optional[int] = Field(None, ge=1, description="Only the default (equal to n) is supported.")
-    frequency_penalty: Optional[float] = Field(None, description="Not supported except 0; use "
-                                                                 "repetition_penalty.")
-    presence_penalty: Optional[float] = Field(None, description="Not supported except 0; use repetition_penalty.")
-    logit_bias: Optional[dict[str, float]] = Field(None, description="Not supported except empty.")
-    suffix: Optional[str] = Field(None, description="Not supported except empty.")
+    top_k: Optional[int] = Field(None, ge=0, le=MAX_VOCAB, description="charnet extra: sample among the k most "
+                                 "likely characters only, at most the model's vocabulary size; 0 is off.",
+                                 json_schema_extra=limit(value="vocab_size"))
+    repetition_penalty: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
+                                                description="charnet extra: above 1 discourages the characters of "
+                                                            "the last 64; 1 is off.")
+    # Accepted for compatibility, with only their neutral values (the schema says which).
+    frequency_penalty: Optional[float] = Field(None, ge=0, le=0, description="Only 0 is supported; use "
+                                                                             "repetition_penalty.")
+    presence_penalty: Optional[float] = Field(None, ge=0, le=0, description="Only 0 is supported; use "
+                                                                            "repetition_penalty.")
+    logit_bias: Optional[dict[str, float]] = Field(None, max_length=0, description="Only empty is supported.")
+    suffix: Optional[str] = Field(None, max_length=0, description="Only empty is supported (insertion needs a "
+                                                                  "bidirectional model).")
     user: Optional[str] = Field(None, description="Ignored.")
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def engine_groups(self, limits: Mapping[str, int], budget: int) -> list[tuple[GenerationRequest, int]]:
+        """The (request, n) groups to generate, one per prompt; a 400 for anything the
+        server refuses."""
+        self.check_limits(limits)
+        n = self.n or 1
+        prompts = self.prompts()
+        max_tokens = 16 if self.max_tokens is None else self.max_tokens
+        response_budget(n, [max_tokens + (len(p) if self.echo else 0) for p in prompts], self.logprobs, budget,
+                        "n x (echoed prompt + max_tokens) x (1 + logprobs), over the prompts,")
+        return [(_engine_request(p, {"max_chars": "max_tokens"}, max_chars=max_tokens, temperature=self.temperature,
+                                 top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
+                                 seed=self.seed, stop=self.stop, logprobs=self.logprobs), n)
+                for p in prompts]
 
 
 class CompletionLogprobs(BaseModel):
@@ -111,18 +248,34 @@ class GenerateRequest(_Request):
     """charnet's native request (`POST /v1/generate`)."""
 
     model: Optional[str] = Field(None, description="Model name; may be omitted when the server has one model.")
-    prompt: str = Field("", description="Text to continue; empty starts a new document.")
-    length: int = Field(256, ge=0, description="Characters to generate at most (capped by --max-chars-cap).")
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
-    top_k: int = Field(0, ge=0, description="Sample among the k most likely characters only; 0 is off.")
+    prompt: str = Field("", description="Text to continue; empty starts a new document. At most "
+                                        "--max-prompt-chars characters.",
+                        json_schema_extra=limit(length="max_prompt_chars"))
+    length: int = Field(256, ge=0, le=MAX_CHARS, description="Characters to generate at most (at most the server's "
+                        "--max-chars-cap).", json_schema_extra=limit(value="max_chars_cap"))
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False, description="Sampling temperature; 0 is greedy.")
+    top_k: int = Field(0, ge=0, le=MAX_VOCAB, description="Sample among the k most likely characters only, at most "
+                       "the model's vocabulary size; 0 is off.", json_schema_extra=limit(value="vocab_size"))
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass in (0, 1]; 1 is off.")
-    repetition_penalty: float = Field(1.0, gt=0, description="Above 1 discourages recent characters; 1 is off.")
+    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False, description="Above 1 discourages recent "
+                                                                                  "characters; 1 is off.")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed; random when omitted (returned).")
-    stop: Stop = Field(None, description="Strings that end generation (not returned).")
+    stop: Stop = Field(None, description=f"Up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters that end "
+                                         "generation (not returned).")
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
-                                    description="Per-character log-probabilities with this many alternatives.")
+                                    description="Per-character log-probabilities with this many alternatives; "
+                                                "length x (1 + logprobs) at most --max-response-tokens.")
     stream: bool = Field(False, description="Stream events: Server-Sent Events by default, newline-delimited "
                                             "JSON with `Accept: application/x-ndjson`.")
+
+    def engine_request(self, limits: Mapping[str, int], budget: int) -> GenerationRequest:
+        """The request to generate; a 400 for anything the server refuses."""
+        self.check_limits(limits)
+        response_budget(1, [self.length], self.logprobs, budget, "length x (1 + logprobs)")
+        return _engine_request(self.prompt, {"max_chars": "length"}, max_chars=self.length,
+                               temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                               repetition_penalty=self.repetition_penalty, seed=self.seed, stop=self.stop,
+                               logprobs=self.logprobs)
 
 
 class CharLogprobOut(BaseModel):
@@ -149,8 +302,14 @@ class ScoreRequest(_Request):
 
     model: Optional[str] = Field(None, description="Model name; may be omitted when the server has one model.")
     text: str = Field(description="Text to score from the model's initial state, as `charnet eval` scores a file "
-                                  "(at most the server's --max-score-chars characters).")
+                                  "(at most the server's --max-score-chars characters; characters x (1 + top) at "
+                                  "most --max-response-tokens).", json_schema_extra=limit(length="max_score_chars"))
     top: int = Field(5, ge=0, le=MAX_LOGPROBS, description="Most likely alternatives to return at each position.")
+
+    def check(self, limits: Mapping[str, int], budget: int) -> None:
+        """A 400 for anything the server refuses."""
+        self.check_limits(limits)
+        response_budget(1, [len(self.text)], self.top, budget, "text characters x (1 + top)")
 
 
 class CharScore(BaseModel):
@@ -205,5 +364,5 @@ class ErrorResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
-    models: list[str] = Field(default_factory=list, description="Models served (on /ready).")
+    models: list[str] = Field(default_factory=list, description="Models served.")
     pid: int = Field(description="The answering process: tells replicas and workers apart.")

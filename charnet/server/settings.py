@@ -13,6 +13,12 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from charnet.request import MAX_CHARS
+
+MAX_N = 128
+"""The largest n (and number of prompts) any server takes, as OpenAI's API; --max-n is at
+most this."""
+
 SETTINGS_ENV = "CHARNET_SERVE_SETTINGS"
 API_KEY_ENV = "CHARNET_API_KEY"
 
@@ -26,7 +32,14 @@ class Settings(BaseModel):
     device: str = Field("cpu", description="Device the models run on.")
     max_concurrency: int = Field(64, ge=1, description="Sequences generated at once per model (the batch).")
     max_queue: int = Field(256, ge=0, description="Sequences that may wait for a slot per model before 429.")
-    max_chars_cap: int = Field(4096, ge=1, description="Largest max_tokens / length a request may ask for.")
+    max_chars_cap: int = Field(4096, ge=1, le=MAX_CHARS, description="Largest max_tokens / length a request may "
+                                                                      "ask for.")
+    max_n: int = Field(16, ge=1, le=MAX_N, description="Most choices (n) and prompts one request may ask for; "
+                       "also the most rows one request holds at once when others wait.")
+    max_prompt_chars: int = Field(32_768, ge=1, description="Longest prompt, in characters (400 above).")
+    max_response_tokens: int = Field(1 << 18, ge=1, description="Largest response a request may ask for, in "
+                                     "token entries: choices x (echoed prompt + max_tokens) x (1 + logprobs); "
+                                     "for /v1/score, characters x (1 + top).")
     request_timeout: float = Field(600.0, gt=0, description="Seconds a request may wait and generate in all.")
     cache_mb: float = Field(64.0, ge=0, description="Prompt-state cache size per model, in MiB.")
     max_score_chars: int = Field(20_000, ge=2, description="Longest text /v1/score accepts, in characters.")

@@ -42,3 +42,39 @@ async def test_two_apps_in_one_process_share_nothing(make_app):
         assert a.state.models[MODEL].engine is not b.state.models[MODEL].engine
         text = (await b.client.get("/metrics")).text
         assert 'charnet_generated_chars_total{model="tiny"}' not in text
+
+
+async def test_health_and_ready_list_the_same_models(make_app):
+    async with make_app() as api:
+        health, ready = (await api.client.get("/health")).json(), (await api.client.get("/ready")).json()
+    assert health["models"] == ready["models"] == [MODEL, OTHER]
+
+
+async def test_openapi_declares_exactly_what_the_server_accepts(make_app):
+    """The server's own limits are in its schema, and authentication only when it has a key."""
+    async with make_app(max_chars_cap=300, max_n=3, max_prompt_chars=500, max_score_chars=40) as api:
+        spec = (await api.client.get("/openapi.json")).json()
+        vocab = api.state.models[MODEL].engine.vocab.size
+    schemas = spec["components"]["schemas"]
+    completion, generate = schemas["CompletionRequest"]["properties"], schemas["GenerateRequest"]["properties"]
+
+    def member(prop, kind):
+        return next(m for m in prop.get("anyOf", [prop]) if m.get("type") == kind)
+
+    assert member(completion["max_tokens"], "integer")["maximum"] == generate["length"]["maximum"] == 300
+    assert member(completion["n"], "integer")["maximum"] == 3
+    assert member(completion["prompt"], "string")["maxLength"] == generate["prompt"]["maxLength"] == 500
+    assert member(completion["prompt"], "array")["maxItems"] == 3
+    assert member(completion["top_k"], "integer")["maximum"] == generate["top_k"]["maximum"] == vocab
+    assert schemas["ScoreRequest"]["properties"]["text"]["maxLength"] == 40
+    stop = member(completion["stop"], "array")
+    assert stop["items"]["minLength"] == 1 and stop["items"]["maxLength"] == 256 and stop["maxItems"] == 16
+    assert "securitySchemes" not in spec["components"]
+    assert all("security" not in op and "401" not in op["responses"] for ops in spec["paths"].values()
+               for op in ops.values())
+    async with make_app(api_key="k") as api:
+        keyed = (await api.client.get("/openapi.json")).json()
+    assert keyed["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for path, ops in keyed["paths"].items():
+        for op in ops.values():
+            assert ("security" in op) == path.startswith("/v1/"), path

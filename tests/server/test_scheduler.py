@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from charnet.prompt_cache import PromptCache
-from tests.serving import MODEL, events, metric
+from tests.serving import MODEL, events, metric, until
 from tests.server.test_completions import PROMPT
 
 pytestmark = pytest.mark.anyio
@@ -16,17 +16,11 @@ pytestmark = pytest.mark.anyio
 LONG = {"model": MODEL, "prompt": "x", "max_tokens": 100_000, "temperature": 1.0, "seed": 1}
 
 
-async def until(predicate, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
-def gauges(api) -> tuple[int, int]:
-    s = api.state.models[MODEL].scheduler
-    with s._cond:
-        return s._running_slots, s._waiting_slots
+def gauges(api) -> tuple[float, float]:
+    """(requests running, requests waiting) as the engine loop last published them."""
+    registry = api.state.metrics.registry
+    return tuple(registry.get_sample_value(name, {"model": MODEL}) or 0
+                 for name in ("charnet_requests_running", "charnet_requests_waiting"))
 
 
 async def test_full_means_429_with_retry_after_and_a_cancelled_request_frees_its_slot(make_app):
@@ -87,24 +81,24 @@ async def test_a_failing_generation_fails_only_its_request(make_app, boom, solo)
         assert metric((await api.client.get("/metrics")).text, "charnet_generation_failures_total", model=MODEL) == 2
 
 
-async def test_a_failing_prime_fails_only_its_request(make_app, monkeypatch):
-    # Priming fails for any set of prompts holding the 13-character one, so whether the two
-    # requests are admitted in one round (primed together, then retried one by one) or
-    # in two, only that request may fail.
-    real = PromptCache.prime_many
+@pytest.mark.parametrize("where", ["lookup", "put"])
+async def test_a_failing_prime_fails_only_its_request(make_app, monkeypatch, where):
+    # Starting (the cache lookup) or priming (caching a mark) fails for the 13-character
+    # prompt only: that request fails, the one beside it does not.
+    real = getattr(PromptCache, where)
 
-    def prime_many(self, kernel, prompts):
-        if any(len(ids) == 13 for ids in prompts):
+    def failing(self, ids, *args):
+        if len(ids) == 13:
             raise MemoryError("injected")
-        return real(self, kernel, prompts)
+        return real(self, ids, *args)
 
-    monkeypatch.setattr(PromptCache, "prime_many", prime_many)
+    monkeypatch.setattr(PromptCache, where, failing)
     async with make_app() as api:
         bad, good = await asyncio.gather(
             api.client.post("/v1/completions", json={"model": MODEL, "prompt": "13 characters"}),
             api.client.post("/v1/completions", json={"model": MODEL, "prompt": "fine"}))
         assert bad.status_code == 500 and good.status_code == 200
-        assert gauges(api) == (0, 0)
+        await until(lambda: gauges(api) == (0, 0))
 
 
 async def test_prompt_cache_hits_give_the_cold_output(make_app, solo):
@@ -152,3 +146,93 @@ async def test_shutdown_ends_queued_and_running_requests(make_app):
         r, s = await running, await waiting
         assert r.status_code == 503
         assert events(s.text)[0]["error"]["code"] is None
+
+
+def batch_of(api):
+    return api.state.models[MODEL].scheduler._batch
+
+
+def priming(api) -> list:
+    return [s for s in list(batch_of(api).seqs) if s.priming]
+
+
+async def test_a_long_prompt_primes_between_other_requests_steps(make_app, solo):
+    """A long prompt takes one row a step: a short request sent while it primes finishes
+    first, with its solo text, and /ready stays 200."""
+    async with make_app(max_prompt_chars=32_768) as api:
+        long = asyncio.create_task(api.client.post("/v1/completions", json={
+            "model": MODEL, "prompt": PROMPT * (30_000 // len(PROMPT)), "max_tokens": 5, "stream": True}))
+        await until(lambda: priming(api))
+        short = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 20,
+                                                               "seed": 2})
+        assert short.json()["choices"][0]["text"] == solo("x", max_chars=20, seed=2).text
+        assert priming(api) and not long.done()
+        assert (await api.client.get("/ready")).status_code == 200
+        long.cancel()
+
+
+async def test_a_request_stops_priming_once_its_client_is_gone_or_its_time_is_up(make_app):
+    prompt = PROMPT * (30_000 // len(PROMPT))
+    async with make_app(request_timeout=1.0) as api:
+        cache = api.state.models[MODEL].engine.cache
+        r = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 5})
+        assert r.status_code == 408 and cache.primed_tokens < len(prompt)  # it stopped priming
+        innocent = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
+        assert innocent.status_code == 200
+    async with make_app() as api:
+        cache = api.state.models[MODEL].engine.cache
+        gone = asyncio.create_task(api.client.post("/v1/completions", json={
+            "model": MODEL, "prompt": prompt, "max_tokens": 5, "stream": True}))
+        await until(lambda: priming(api))
+        gone.cancel()
+        await until(lambda: batch_of(api).rows == 0)
+        stopped_at = cache.primed_tokens
+        await asyncio.sleep(0.2)
+        assert cache.primed_tokens == stopped_at < len(prompt)
+
+
+async def test_one_request_cannot_take_every_slot(make_app, solo):
+    """Five requests of four choices each want 20 rows of 8: each gets its fair share, and
+    a request arriving later gets a row at the next step, not when a flood ends; the
+    floods' suspended choices resume and write what they write alone."""
+    flood = {"model": MODEL, "prompt": "x", "n": 4, "max_tokens": 50_000, "stream": True}
+    async with make_app(max_concurrency=8, max_n=4, max_chars_cap=100_000) as api:
+        floods = [asyncio.create_task(api.client.post("/v1/completions", json={**flood, "seed": 10 * i}))
+                  for i in range(5)]
+        await until(lambda: gauges(api)[0] >= 5)
+        assert batch_of(api).rows <= 8
+        late = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "y", "max_tokens": 30,
+                                                              "seed": 1})
+        assert late.status_code == 200 and late.json()["choices"][0]["text"] == solo("y", max_chars=30, seed=1).text
+        assert not any(f.done() for f in floods)
+        for f in floods:
+            f.cancel()
+    async with make_app(max_concurrency=4, max_n=4) as api:
+        bodies = [{"model": MODEL, "prompt": p, "n": 4, "max_tokens": 60, "seed": 7} for p in ("a", "b", "c")]
+        results = await asyncio.gather(*(api.client.post("/v1/completions", json=b) for b in bodies))
+    for body, r in zip(bodies, results):
+        texts = [c["text"] for c in r.json()["choices"]]
+        assert texts == [solo(body["prompt"], max_chars=60, seed=7 + i).text for i in range(4)]
+
+
+async def test_a_failing_draw_fails_only_its_row(make_app, monkeypatch, solo):
+    """A failure inside the batched sampling step (injected for top_p 0.123) fails that
+    request with a 500; the streams it shared the step with carry on to their solo text."""
+    from charnet import sampling
+
+    real = sampling.BatchParams.of.__func__
+
+    def of(cls, params, *args):
+        if any(p.top_p == 0.123 for p in params):
+            raise OverflowError("injected")
+        return real(cls, params, *args)
+
+    monkeypatch.setattr(sampling.BatchParams, "of", classmethod(of))
+    async with make_app() as api:
+        good = {"model": MODEL, "prompt": PROMPT, "max_tokens": 200, "seed": 4, "stream": True}
+        ok, bad = await asyncio.gather(api.client.post("/v1/completions", json=good),
+                                       api.client.post("/v1/completions", json={**good, "top_p": 0.123,
+                                                                                "stream": False}))
+        assert bad.status_code == 500
+        text = "".join(f["choices"][0]["text"] for f in events(ok.text)[:-1])
+        assert text == solo(PROMPT, max_chars=200, seed=4).text

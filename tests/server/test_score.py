@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
+import time
 
 import pytest
 
 from tests.conftest import cli
-from tests.serving import MODEL, assert_error, metric
+from tests.serving import MODEL, assert_error, metric, until
 
 pytestmark = pytest.mark.anyio
 
@@ -78,33 +78,36 @@ async def test_errors_are_openai_shaped(make_app):
         assert "50" in r.json()["error"]["message"] and r.json()["error"]["code"] == "text_too_long"
 
 
-async def test_scoring_runs_off_the_event_loop_and_is_bounded(make_app):
+async def test_scoring_takes_turns_with_generation_and_is_bounded(make_app, monkeypatch, solo):
+    """A text is scored a window at a time between the batch's steps: a generation sent
+    while a long score runs finishes first, with its solo text; the score is the one a
+    lone request gets; a model scores at most --max-concurrency texts at once."""
+    from charnet.scoring import Scorer
+    from charnet.server import scheduler
+
+    monkeypatch.setattr(scheduler, "SCORE_WINDOW", 4)
+    real = Scorer.advance
+
+    def slow(self, window):  # each window takes 20 ms, as a long one would
+        time.sleep(0.02)
+        real(self, window)
+
+    monkeypatch.setattr(Scorer, "advance", slow)
     async with make_app(max_concurrency=1) as api:
-        engine = api.state.models[MODEL].engine
-        entered, release = threading.Event(), threading.Event()
-        real = engine.score
-
-        def slow_score(text, **kw):  # holds its thread, as a long text would
-            entered.set()
-            release.wait(30)
-            return real(text, **kw)
-
-        engine.score = slow_score
-        first = asyncio.create_task(api.client.post("/v1/score", json={"model": MODEL, "text": TEXT}))
-        while not entered.is_set():
-            await asyncio.sleep(0.01)
-        # The model is busy in a thread; the event loop still answers everything else.
-        assert (await api.client.get("/health")).status_code == 200
-        generated = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 3})
-        assert generated.status_code == 200
+        alone = (await api.client.post("/v1/score", json={"model": MODEL, "text": TEXT})).json()
+        first = asyncio.create_task(api.client.post("/v1/score", json={"model": MODEL, "text": TEXT * 3}))
+        await until(lambda: api.state.models[MODEL].scheduler._scores)
+        generated = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 30,
+                                                                   "seed": 3})
+        assert generated.status_code == 200 and not first.done()
+        assert generated.json()["choices"][0]["text"] == solo("a", max_chars=30, seed=3).text
         busy = await api.client.post("/v1/score", json={"model": MODEL, "text": TEXT})
         assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
-        release.set()
         assert (await first).status_code == 200
-        after = await api.client.post("/v1/score", json={"model": MODEL, "text": TEXT})
-        assert after.status_code == 200
+        after = (await api.client.post("/v1/score", json={"model": MODEL, "text": TEXT})).json()
+        assert after == alone
         text = (await api.client.get("/metrics")).text
-    assert metric(text, "charnet_scored_chars_total", model=MODEL) == 2 * (len(TEXT) - 1)
+    assert metric(text, "charnet_scored_chars_total", model=MODEL) == 2 * (len(TEXT) - 1) + len(TEXT) * 3 - 1
     assert metric(text, "charnet_http_requests_total", route="/v1/score", status="429") == 1
 
 
@@ -112,6 +115,6 @@ async def test_documented_in_openapi(make_app):
     async with make_app() as api:
         spec = (await api.client.get("/openapi.json")).json()
     operation = spec["paths"]["/v1/score"]["post"]
-    assert {"200", "400", "401", "404", "429"} <= set(operation["responses"])
+    assert {"200", "400", "404", "408", "429"} <= set(operation["responses"])
     props = spec["components"]["schemas"]["ScoreRequest"]["properties"]
     assert props["text"]["description"] and props["top"]["description"]

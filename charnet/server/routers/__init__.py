@@ -12,3 +12,9 @@ ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text
     503: "The server is loading its models or shutting down.",
 }.items()}
 """Error responses every generation route documents (OpenAI's error shape)."""
+
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "A JSON object in the response's shape (one chunk), an error "
+                                              "object, or the literal [DONE]."},
+    "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+"""One Server-Sent Event, as OpenAPI describes each event of a text/event-stream."""

@@ -6,19 +6,19 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from charnet.server import jobs
-from charnet.server.deps import Model, ReadyState, lookup_model, require_key
+from charnet.server import respond
+from charnet.server.deps import Model, ReadyState, lookup_model
 from charnet.server.errors import APIError
-from charnet.server.routers import ERRORS
-from charnet.server.scheduler import Job, Out
+from charnet.server.routers import ERRORS, SSE_EVENT
+from charnet.server.job import Job, Out
 from charnet.server.schemas import CompletionRequest, CompletionResponse
 
-router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[Depends(require_key)])
 
-NAMES = {"max_chars": "max_tokens"}  # engine field -> this API's field
+router = APIRouter(prefix="/v1", tags=["completions"])
+
 
 def _by_index(events: list[Out]) -> dict[int, list[Out]]:
     """Events grouped by choice index, each group in order."""
@@ -28,27 +28,15 @@ def _by_index(events: list[Out]) -> dict[int, list[Out]]:
     return grouped
 
 
-def _refuse_unsupported(body: CompletionRequest) -> None:
-    for name in ("frequency_penalty", "presence_penalty"):
-        if getattr(body, name) not in (None, 0):
-            raise APIError(400, f"{name}: not supported by charnet; use repetition_penalty", param=name)
-    if body.logit_bias:
-        raise APIError(400, "logit_bias: not supported by charnet", param="logit_bias")
-    if body.suffix:
-        raise APIError(400, "suffix: not supported by charnet (insertion needs a bidirectional model)",
-                       param="suffix")
-    if body.best_of is not None and body.best_of != (body.n or 1):
-        raise APIError(400, "best_of: only best_of equal to n is supported", param="best_of")
-
-
 class _Choices:
     """Builds choices (whole, or as stream chunks) from engine events."""
 
-    def __init__(self, body: CompletionRequest, prompts: list[str], job: Job, vocab_kind: str) -> None:
-        self.body, self.prompts, self.job = body, prompts, job
+    def __init__(self, body: CompletionRequest, job: Job, vocab_kind: str) -> None:
+        self.body, self.prompts, self.job = body, body.prompts(), job
         self.n = body.n or 1
         self.per_char = vocab_kind == "char"  # one log-probability per character of text
-        self.offsets = [len(self.prompt(i)) if body.echo else 0 for i in range(len(prompts) * self.n)]
+        self.offsets = [len(self.prompt(i)) if body.echo else 0 for i in range(len(self.prompts) * self.n)]
+        self.generated = [0] * (len(self.prompts) * self.n)  # tokens each choice has generated
 
     def prompt(self, index: int) -> str:
         return self.prompts[index // self.n]
@@ -64,17 +52,17 @@ class _Choices:
             start = self.offsets[index]
             for k, lp in enumerate(event.logprobs):
                 tokens.append(lp.text)
-                values.append(jobs.finite(lp.logprob))
-                top = {text: jobs.finite(v) for text, v in lp.top}
-                top.setdefault(lp.text, jobs.finite(lp.logprob))
+                values.append(respond.finite(lp.logprob))
+                top = {text: respond.finite(v) for text, v in lp.top}
+                top.setdefault(lp.text, respond.finite(lp.logprob))
                 tops.append(top)
                 offsets.append(start + k if self.per_char else start)
             self.offsets[index] += len(event.text)
         return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
     def usage(self) -> dict[str, int]:
-        prompt = sum(self.job.seqs[g * self.n].prompt_tokens for g in range(len(self.prompts)))
-        completion = sum(seq.generated for seq in self.job.seqs)
+        prompt = sum(self.job.choices[g * self.n].prompt_tokens for g in range(len(self.prompts)))
+        completion = sum(self.generated)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def whole(self, events: list[Out]) -> list[dict[str, Any]]:
@@ -82,6 +70,7 @@ class _Choices:
         by_index = _by_index(events)
         for index in range(len(self.prompts) * self.n):
             mine = by_index.get(index, [])
+            self.generated[index] = max((e.generated for e in mine), default=0)
             text = "".join(e.text for e in mine)
             finish = next((e.finish_reason for e in mine if e.finish_reason), None)
             choices.append({"index": index, "text": (self.prompt(index) if self.body.echo else "") + text,
@@ -91,6 +80,8 @@ class _Choices:
 
     def chunk_choices(self, events: list[Out]) -> list[dict[str, Any]]:
         """One choice entry per choice index that had news, in index order."""
+        for event in events:
+            self.generated[event.index] = max(self.generated[event.index], event.generated)
         return [{"index": index, "text": "".join(e.text for e in mine),
                  "logprobs": self.logprobs(index, mine, False),
                  "finish_reason": next((e.finish_reason for e in mine if e.finish_reason), None)}
@@ -104,28 +95,19 @@ class _Choices:
 @router.post("/completions", response_model=CompletionResponse, responses={
     200: {"description": "The completion; with `stream`, Server-Sent Events of chunks in the same shape, "
                          "then `data: [DONE]`.",
-          "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **ERRORS})
+          "content": {"text/event-stream": {"schema": SSE_EVENT}}}, **ERRORS})
 async def create_completion(body: CompletionRequest, http: Request, state: ReadyState) -> Any:
     """Continue a prompt (OpenAI's legacy completions). One token is one character."""
     model: Model = lookup_model(state, body.model)
-    _refuse_unsupported(body)
-    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-    if not prompts:
-        raise APIError(400, "prompt: must be a string or a non-empty list of strings", param="prompt")
     settings = state.settings
-    max_tokens = 16 if body.max_tokens is None else body.max_tokens
-    requests = [jobs.engine_request(p, max_chars=max_tokens, cap=settings.max_chars_cap, length_field="max_tokens",
-                                    names=NAMES, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                                    repetition_penalty=body.repetition_penalty, seed=body.seed,
-                                    stop=body.stop, logprobs=body.logprobs)
-                for p in prompts]
-    job = jobs.submit(http, model, [(r, body.n or 1) for r in requests])
+    groups = body.engine_groups(respond.limits(settings, model), settings.max_response_tokens)
+    job = respond.submit(http, model, groups)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model.name}
-    choices = _Choices(body, prompts, job, model.engine.vocab.kind)
+    choices = _Choices(body, job, model.engine.vocab.kind)
     if not body.stream:
-        events = await jobs.collect(http, model, job)
-        return {**head, "choices": choices.whole(events), "usage": choices.usage()}
+        events = await respond.collect(http, model, job)
+        return await respond.json_response(lambda: {**head, "choices": choices.whole(events), "usage": choices.usage()})
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
@@ -135,19 +117,19 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
         frames = []
         if body.echo and not echoed[0]:
             echoed[0] = True
-            frames.append(jobs.sse({**head, "choices": choices.echo_choices(), **extra}))
+            frames.append(respond.sse({**head, "choices": choices.echo_choices(), **extra}))
         for choice in choices.chunk_choices(events):
-            frames.append(jobs.sse({**head, "choices": [choice], **extra}))
+            frames.append(respond.sse({**head, "choices": [choice], **extra}))
         return frames
 
     def error(status: int, message: str) -> str:
-        return jobs.sse(APIError(status, message).body())
+        return respond.sse(APIError(status, message).body())
 
     async def body_stream():
-        async for frame in jobs.stream(model, job, render, error, done=None, interval=state.settings.stream_interval):
+        async for frame in respond.stream(model, job, render, error, done=None, interval=state.settings.stream_interval):
             yield frame
         if include_usage and job.finished and job.failed is None:
-            yield jobs.sse({**head, "choices": [], "usage": choices.usage()})
+            yield respond.sse({**head, "choices": [], "usage": choices.usage()})
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(body_stream(), media_type="text/event-stream", headers=jobs.SSE_HEADERS)
+    return StreamingResponse(body_stream(), media_type="text/event-stream", headers=respond.SSE_HEADERS)

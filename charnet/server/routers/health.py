@@ -3,6 +3,7 @@ load balancers and scrapers need no secret."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from fastapi import APIRouter
@@ -18,9 +19,10 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/health", response_model=Health)
-async def health() -> Health:
-    """Liveness: 200 while the process serves HTTP at all."""
-    return Health(status="ok", pid=os.getpid())
+async def health(state: State) -> Health:
+    """Liveness: 200 while the process serves HTTP at all, with the models it serves
+    (none while loading)."""
+    return Health(status="ok", models=list(state.models), pid=os.getpid())
 
 
 @router.get("/ready", response_model=Health, responses={503: ERRORS[503]})
@@ -37,5 +39,6 @@ async def ready(state: State) -> Response:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}},
                                                                    "description": "Prometheus text format."}})
 async def metrics(state: State) -> Response:
-    """Prometheus metrics of this process (this replica, this worker)."""
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics of this process (this replica, this worker), rendered in a
+    worker thread."""
+    return Response(await asyncio.to_thread(state.metrics.render), media_type=CONTENT_TYPE_LATEST)

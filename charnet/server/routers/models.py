@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from charnet.server.deps import Model, ReadyState, lookup_model, require_key
+from charnet.server.deps import Model, ReadyState, lookup_model
 from charnet.server.routers import ERRORS
 from charnet.server.schemas import ModelCard, ModelList
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1", tags=["models"])
 
 
 def card(model: Model) -> ModelCard:

@@ -1,5 +1,5 @@
-"""What the generation routes share: validating settings into engine requests, admission
-(429), waiting for a whole result while watching for a disconnect, and streaming."""
+"""What the routes share: the limits a request is checked against, admission (400, 429,
+503), waiting for a whole result while watching for a disconnect, and streaming."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import json
 import math
 from typing import AsyncIterator, Callable, Sequence as Seq
 
+import numpy as np
 from fastapi import Request
+from fastapi.responses import Response
 
-from charnet.engine import Engine
-from charnet.errors import ConfigError
-from charnet.generation import GenerationRequest
+from charnet.request import GenerationRequest
 from charnet.server.deps import Model
 from charnet.server.errors import APIError
-from charnet.server.schemas import MAX_STOPS
-from charnet.server.scheduler import Job, Out, Overloaded, ShuttingDown
+from charnet.server.job import Job, Out, Overloaded, ScoreJob, ShuttingDown
+from charnet.server.settings import Settings
 
 LOGPROB_FLOOR = -9999.0
 """What an impossible character's log-probability (-inf) is reported as: JSON has no
@@ -27,42 +27,41 @@ def finite(value: float) -> float:
     return value if math.isfinite(value) else LOGPROB_FLOOR
 
 
-def engine_request(prompt: str, *, max_chars: int | None, cap: int, length_field: str, names: dict[str, str],
-                   **settings) -> GenerationRequest:
-    """A validated `GenerationRequest`, or a 400 naming the field as the client spelled it."""
-    if max_chars is not None and max_chars > cap:
-        raise APIError(400, f"{length_field}: {max_chars} is above this server's limit of {cap} "
-                            "(--max-chars-cap)", param=length_field, code="max_chars_exceeded")
-    stop = settings.get("stop")
-    if isinstance(stop, list) and len(stop) > MAX_STOPS:
-        raise APIError(400, f"stop: at most {MAX_STOPS} stop strings", param="stop")
-    settings = {k: v for k, v in settings.items() if v is not None}
-    if max_chars is not None:
-        settings["max_chars"] = max_chars
-    try:
-        return Engine.request(prompt, **settings)
-    except ConfigError as e:
-        param = names.get(e.field, e.field)
-        raise APIError(400, f"{param}: {e.message}", param=param, code="invalid_value") from None
+def limits(settings: Settings, model: Model) -> dict[str, int]:
+    """The bounds `charnet.server.schemas.limit` names, for requests to `model`."""
+    return {"max_chars_cap": settings.max_chars_cap, "max_n": settings.max_n,
+            "max_prompt_chars": settings.max_prompt_chars, "max_score_chars": settings.max_score_chars,
+            "vocab_size": model.engine.vocab.size}
 
 
-def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, int]]) -> Job:
-    """Admit the request to the model's engine loop, or 429/503 at once."""
-    settings = http.app.state.charnet.settings
-    slots = sum(n for _, n in groups)
-    if slots > settings.max_concurrency:
-        raise APIError(400, f"n: this request needs {slots} sequences at once (prompts x n) but the server runs at "
-                            f"most {settings.max_concurrency} (--max-concurrency)", param="n", code="too_many_choices")
+def _admitted(model: Model, settings: Settings, enqueue: Callable[[], Job]) -> Job:
     try:
-        job = model.scheduler.submit(groups)
+        return enqueue()
     except Overloaded:
         raise APIError(429, f"model {model.name!r} is at capacity: {settings.max_concurrency} running and "
                             f"{settings.max_queue} waiting; retry shortly", code="overloaded",
                        headers={"Retry-After": "1"}) from None
     except ShuttingDown:
         raise APIError(503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "1"}) from None
+
+
+def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, int]]) -> Job:
+    """Admit the request to the model's engine loop, or 400/429/503 at once."""
+    settings = http.app.state.charnet.settings
+    slots = sum(n for _, n in groups)
+    room = settings.max_concurrency + settings.max_queue
+    if slots > room:
+        raise APIError(400, f"n: this request needs {slots} sequences (prompts x n) but the server holds at most "
+                            f"{room} (--max-concurrency + --max-queue)", param="n", code="too_many_choices")
+    job = _admitted(model, settings, lambda: model.scheduler.submit(groups))
     job.metrics.prompt_chars.labels(model.name).inc(sum(len(r.prompt) * n for r, n in groups))
     return job
+
+
+def submit_score(http: Request, model: Model, ids: np.ndarray, top: int, unknown: int) -> ScoreJob:
+    """Admit a text to score, or 429/503 at once."""
+    settings = http.app.state.charnet.settings
+    return _admitted(model, settings, lambda: model.scheduler.submit_score(ids, top, unknown))
 
 
 async def _disconnected(http: Request) -> None:
@@ -132,6 +131,14 @@ async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]]
         if not job.finished:
             model.scheduler.cancel(job)
             job.metrics.disconnects.labels(model.name).inc()
+
+
+async def json_response(build: Callable[[], dict]) -> Response:
+    """A JSON response built and serialised in a worker thread: a large answer (every
+    character's alternatives) must not hold up the event loop, and is written as it is
+    built, not validated again field by field."""
+    payload = await asyncio.to_thread(lambda: json.dumps(build(), ensure_ascii=False, separators=(",", ":")))
+    return Response(payload.encode("utf-8"), media_type="application/json")
 
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no caching, no proxy buffering

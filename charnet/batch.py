@@ -1,0 +1,336 @@
+"""Continuous batching: many sequences advanced together, one token per step.
+
+A `Batch` holds the recurrent state of every sequence that has a row, as rows of one
+(layers, rows, hidden) tensor. Each `step` advances every row by one token in one kernel
+call: a sampling row feeds the token it samples from its pending logits, a priming row
+feeds the next token of its prompt. Priming is therefore chunked by construction: a
+prompt of any length costs its row one token a step, interleaved with everyone else's
+characters, and a sequence that is cancelled or times out leaves between two steps. The
+state is cached at the prompt cache's marks (every `BLOCK` tokens and the prompt's end),
+so cached, cold and interleaved priming all give the same bits. A batch holding one
+priming row and nothing else primes it a block at a time instead (`StepKernel.prime`,
+the same arithmetic, faster alone).
+
+Rows come and go between steps: `add` creates a request's sequences, `admit` gives one
+a row (a batch with ``auto_admit`` admits every ready sequence itself), `suspend` takes
+a row back while keeping the sequence's state, so it resumes later exactly where it was
+(a scheduler's fairness), and `cancel` ends one.
+
+A sequence's output does not depend on its neighbours: the kernel computes each row
+independently (see `charnet.kernel`), and its random draws are a pure function of its
+own seed and step count (see `charnet.sampling`). So a request served in a batch of 64,
+suspended and resumed, yields exactly what it yields alone. One row's failure while
+sampling (its settings, its logprobs, its text) ends that sequence only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from charnet.generation import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, CharLogprob, Piece, Sequence
+from charnet.kernel import StepKernel
+from charnet.prompt_cache import PromptCache
+from charnet.request import GenerationRequest
+from charnet.sampling import REPETITION_WINDOW, BatchParams, choose, uniform
+from charnet.tokenizer import Vocab
+
+
+class Batch:
+    """The sequences of one model, those with rows advanced together one token per step.
+
+    Not thread-safe: one thread owns a batch and calls its methods.
+    """
+
+    def __init__(self, kernel: StepKernel, vocab: Vocab, cache: PromptCache | None = None, *,
+                 auto_admit: bool = True) -> None:
+        self.kernel, self.vocab = kernel, vocab
+        self.cache = cache if cache is not None else PromptCache(max_bytes=0)
+        self.auto_admit = auto_admit
+        self.seqs: list[Sequence] = []  # the sequences with rows, by row
+        self.waiting: list[Sequence] = []  # unfinished, without a row (ready or not), in order of arrival
+        self._rows = 0
+        self.state: tuple[Tensor, ...] = ()
+        self.logits = torch.empty(0)
+        self.recent = torch.empty(0)
+        self._params: BatchParams | None = None  # of the sampling rows, until rows change
+
+    def __len__(self) -> int:
+        """Unfinished sequences, with a row or not."""
+        return len(self.seqs) + len(self.waiting)
+
+    @property
+    def rows(self) -> int:
+        """Sequences with a row."""
+        return len(self.seqs)
+
+    # -- membership -----------------------------------------------------------------------
+
+    def _resize(self, n: int) -> None:
+        rows = self.kernel.rows(n)
+        if rows == self._rows:
+            return
+        keep = min(len(self.seqs), rows)
+        state = self.kernel.zero_state(rows)
+        logits = torch.zeros(rows, self.kernel.vocab_size, device=self.kernel.device)
+        recent = torch.zeros(rows, self.kernel.vocab_size, device=self.kernel.device)
+        self.feed = torch.zeros(rows, dtype=torch.int64, device=self.kernel.device)  # tokens to feed (pads: 0)
+        if self._rows:
+            for new, old in zip(state, self.state):
+                new[:, :keep] = old[:, :keep]
+            logits[:keep] = self.logits[:keep]
+            recent[:keep] = self.recent[:keep]
+        self.state, self.logits, self.recent, self._rows = state, logits, recent, rows
+
+    def add(self, request: GenerationRequest, count: int = 1) -> list[Sequence]:
+        """`count` sequences of `request`, without rows: the first primes the prompt, the
+        others fork from it when it is primed (their seeds derived as in
+        `charnet.sampling.derive_seed`)."""
+        request.check_vocab(self.vocab.size)
+        leader = Sequence(request, self.vocab)
+        seqs = [leader] + [leader.sibling(i, self.vocab) for i in range(1, count)]
+        if request.max_chars == 0:
+            for seq in seqs:
+                seq.finish_reason = FINISH_LENGTH
+            return seqs
+        self.waiting += seqs
+        return seqs
+
+    def admit(self, seq: Sequence) -> None:
+        """Give a ready sequence a row: its snapshot's state, or (a leader starting) the
+        state after the longest cached prefix of its prompt."""
+        assert seq.ready, "only a ready sequence can take a row"
+        self.waiting.remove(seq)
+        if seq.snapshot is not None:
+            (state, logits), seq.snapshot = seq.snapshot, None
+        else:
+            start, entry = self.cache.lookup(seq.prompt_ids)
+            self.cache.hits += entry is not None
+            self.cache.misses += entry is None
+            seq.primed = start
+            if entry is not None:
+                state, logits = entry.state, entry.logits
+            else:
+                state, logits = self.kernel.zero_state(1), torch.zeros(self.kernel.vocab_size, device=self.kernel.device)
+            if seq.priming:
+                seq.marks = self.cache.digests(seq.prompt_ids, self.cache.marks(start, len(seq.prompt_ids)))
+        self._resize(len(self.seqs) + 1)
+        seq.row = len(self.seqs)
+        self.seqs.append(seq)
+        for dst, src in zip(self.state, state):
+            dst[:, seq.row] = src[:, 0]
+        self.logits[seq.row] = logits
+        self.recent[seq.row].zero_()
+        if seq.recent:
+            self.recent[seq.row].index_add_(0, torch.tensor(seq.recent, device=self.recent.device),
+                                            torch.ones(len(seq.recent), device=self.recent.device))
+        self._params = None
+        if not seq.priming:
+            self._fork(seq)
+
+    def _snapshot(self, seq: Sequence) -> tuple[tuple[Tensor, ...], Tensor]:
+        r = seq.row
+        return tuple(t[:, r:r + 1].clone() for t in self.state), self.logits[r].clone()
+
+    def _fork(self, seq: Sequence) -> None:
+        """`seq` has primed its prompt: its followers can start from its state."""
+        for follower in seq.followers:
+            if follower.snapshot is None and not follower.finished:
+                follower.snapshot = self._snapshot(seq)
+                follower.primed = len(follower.prompt_ids)
+        seq.followers = []
+
+    def suspend(self, seq: Sequence) -> None:
+        """Take `seq`'s row away, keeping its state for `admit` to restore."""
+        if seq.row < 0:
+            return
+        seq.snapshot = self._snapshot(seq)
+        self._drop_rows([seq])
+        self.waiting.append(seq)
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop `seq` now and free its row (a leader still priming takes the samples
+        waiting on its prompt with it)."""
+        self._end(seq, FINISH_CANCELLED)
+
+    def _end(self, seq: Sequence, reason: str, error: Exception | None = None) -> None:
+        if seq.finished:
+            return
+        seq.finish_reason, seq.error = reason, error
+        if seq.row >= 0:
+            self._drop_rows([seq])
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        for follower in seq.followers:  # never forked: nothing will prime their prompt
+            self._end(follower, reason, error)
+        seq.followers = []
+
+    def _drop_rows(self, leaving: list[Sequence]) -> None:
+        # Fill each freed row with the last one: rows are independent, so moving one
+        # changes nothing it computes.
+        if not leaving:
+            return
+        for seq in sorted(leaving, key=lambda s: s.row, reverse=True):
+            last = len(self.seqs) - 1
+            if seq.row != last:
+                moved = self.seqs[last]
+                for t in self.state:
+                    t[:, seq.row] = t[:, last]
+                self.logits[seq.row] = self.logits[last]
+                self.recent[seq.row] = self.recent[last]
+                moved.row = seq.row
+                self.seqs[seq.row] = moved
+            self.seqs.pop()
+            seq.row = -1
+        self._params = None
+        if self.seqs:
+            self._resize(len(self.seqs))
+
+    def _retire(self, done: list[Sequence]) -> None:
+        """Free the rows of sequences that finished this step, caching the state after
+        prompt and continuation (all but the last token, sampled but never fed): a
+        follow-up request that sends them back primes only what it adds."""
+        for seq in done:
+            if seq.finish_reason != FINISH_ERROR and seq.tokens:
+                ids = np.concatenate([seq.prompt_ids, np.asarray(seq.tokens[:-1], dtype=seq.prompt_ids.dtype)])
+                self.cache.put(ids, tuple(t[:, seq.row:seq.row + 1] for t in self.state), self.logits[seq.row])
+        self._drop_rows(done)
+
+    # -- one step -------------------------------------------------------------------------
+
+    def step(self) -> list[Piece]:
+        """Advance every row by one token; return a piece per sampling row, and one for
+        each priming row that failed (finished sequences have left the batch when this
+        returns)."""
+        if self.auto_admit:
+            for seq in [s for s in self.waiting if s.ready]:
+                self.admit(seq)
+        n = len(self.seqs)
+        if not n:
+            return []
+        sampling = [s for s in self.seqs if not s.priming]
+        if not sampling and n == 1:
+            return self._prime_alone(self.seqs[0])
+        pieces, done, tokens = self._sample(sampling) if sampling else ([], [], None)
+        self._retire(done)  # survivors may move rows
+        if not self.seqs:
+            return pieces
+        if tokens is not None and len(sampling) == n and not done:
+            self.feed[:n] = tokens
+        else:
+            self.feed[:len(self.seqs)] = torch.tensor(
+                [int(s.prompt_ids[s.primed]) if s.priming else s.tokens[-1] for s in self.seqs], device=self.feed.device)
+        self.logits.copy_(self.kernel.step(self.feed, self.state))
+        for seq in [s for s in self.seqs if s.priming]:
+            seq.primed += 1
+            self.cache.primed_tokens += 1
+            pieces += self._primed_to(seq)
+        return pieces
+
+    def _primed_to(self, seq: Sequence) -> list[Piece]:
+        """Cache `seq`'s state if its priming reached a mark; fork it once complete. A
+        failure here ends `seq` alone: [its error piece]."""
+        try:
+            digest = seq.marks.get(seq.primed)
+            if digest is not None:
+                r = seq.row
+                self.cache.put(seq.prompt_ids[:seq.primed], tuple(t[:, r:r + 1] for t in self.state),
+                               self.logits[r], digest)
+            if not seq.priming:
+                seq.marks = {}
+                self._params = None  # it samples from the next step on
+                self._fork(seq)
+        except Exception as e:
+            self._end(seq, FINISH_ERROR, e)
+            return [Piece(seq, "", [], FINISH_ERROR)]
+        return []
+
+    def _prime_alone(self, seq: Sequence) -> list[Piece]:
+        """The only row primes: a block at a time, layer by layer (`StepKernel.prime`)."""
+        end = next((m for m in seq.marks if m > seq.primed), len(seq.prompt_ids))
+        ids = torch.from_numpy(seq.prompt_ids[seq.primed:end].astype(np.int64)).to(self.kernel.device)
+        views = tuple(t[:, 0:1] for t in self.state)
+        self.logits[0] = self.kernel.prime(ids, views)
+        self.cache.primed_tokens += end - seq.primed
+        seq.primed = end
+        return self._primed_to(seq)
+
+    def _sample(self, seqs: list[Sequence]) -> tuple[list[Piece], list[Sequence], Tensor | None]:
+        """Sample a token for each of `seqs` (rows in the batch, in row order) and turn
+        it into text: (pieces, the sequences that finished, the tokens as a tensor when
+        every row sampled one). A row whose sampling raises ends with FINISH_ERROR."""
+        rows = [s.row for s in seqs]
+        try:
+            if self._params is None:
+                self._params = BatchParams.of([s.request.params for s in seqs], self.kernel.vocab_size,
+                                              self.kernel.device)
+            tokens, infos = self._draw(rows, seqs, self._params)
+            token_list: list[int | None] = tokens.tolist()
+        except Exception:  # find the row at fault: each row draws what it draws in any batch
+            self._params, tokens, token_list, infos = None, None, [], []
+            for row, seq in zip(rows, seqs):
+                try:
+                    params = BatchParams.of([seq.request.params], self.kernel.vocab_size, self.kernel.device)
+                    one, info = self._draw([row], [seq], params)
+                    token_list.append(one.item())
+                    infos += info
+                except Exception as e:
+                    seq.error = e
+                    token_list.append(None)
+                    infos.append(None)
+        pieces, done = [], []
+        for seq, token, info in zip(seqs, token_list, infos):
+            try:
+                if token is None:
+                    raise seq.error
+                piece = seq._accept(token, self.vocab.piece(token), info)
+            except Exception as e:  # one sequence's failure must not take the batch down
+                seq.error, seq.finish_reason = e, FINISH_ERROR
+                piece = Piece(seq, "", [], FINISH_ERROR)
+            pieces.append(piece)
+            if seq.finished:
+                done.append(seq)
+            elif seq.request.params.repetition_penalty != 1.0:
+                self._update_recent(seq, token)
+        return pieces, done, tokens
+
+    def _draw(self, rows: list[int], seqs: list[Sequence], params: BatchParams) -> tuple[Tensor, list]:
+        """Tokens for `rows` from their pending logits, and their log-probability records."""
+        n = len(self.seqs)
+        every = len(rows) == n
+        logits = self.logits[:n] if every else self.logits[rows]
+        if self.vocab.unk_id is not None:
+            # The unknown id stands for characters the model never saw: not one to write.
+            logits[:, self.vocab.unk_id] = float("-inf")
+        seeds = np.fromiter((s.seed for s in seqs), dtype=np.uint64, count=len(seqs))
+        steps = np.fromiter((s.generated for s in seqs), dtype=np.uint64, count=len(seqs))
+        recent = None
+        if params.any_penalty:
+            recent = self.recent[:n] if every else self.recent[rows]
+        tokens = choose(logits, params, uniform(seeds, steps), recent)
+        want = [s.request.logprobs for s in seqs]
+        infos = self._logprobs(logits, tokens, want) if any(w is not None for w in want) else [None] * len(seqs)
+        return tokens, infos
+
+    def _update_recent(self, seq: Sequence, token: int) -> None:
+        seq.recent.append(token)
+        self.recent[seq.row, token] += 1
+        if len(seq.recent) > REPETITION_WINDOW:
+            self.recent[seq.row, seq.recent.pop(0)] -= 1
+
+    def _logprobs(self, logits: Tensor, tokens: Tensor, want: list[int | None]) -> list[CharLogprob | None]:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        k = max(w for w in want if w is not None)
+        top_v, top_i = logp.topk(k, dim=-1) if k else (None, None)
+        top_v = top_v.tolist() if k else None
+        top_i = top_i.tolist() if k else None
+        out: list[CharLogprob | None] = []
+        for r, (w, token) in enumerate(zip(want, tokens.tolist())):
+            if w is None:
+                out.append(None)
+                continue
+            top = [(self.vocab.display(i), v) for i, v in zip(top_i[r][:w], top_v[r][:w])] if w else []
+            out.append(CharLogprob(self.vocab.display(token), chosen[r], top))
+        return out

@@ -1,0 +1,92 @@
+"""What one sequence is asked to generate, validated once where it is built.
+
+Every front end (the Python API, `charnet sample`, the HTTP routes) converts its own
+spelling into a `GenerationRequest`; a bad value is a `ConfigError` naming the field
+before any work is done, so nothing unchecked reaches the batched step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from charnet.errors import ConfigError
+from charnet.sampling import SamplingParams
+from charnet.stops import MAX_STOP_CHARS, MAX_STOPS
+
+MAX_CHARS = 100_000
+"""Most characters one sequence may generate (a request asking for more is refused)."""
+
+MAX_LOGPROBS = 20
+"""Most alternatives per character that `logprobs` may ask for (as vLLM allows)."""
+
+EMPTY_PROMPT = "\n\n"
+"""What an empty prompt primes the model with: the blank line `charnet train` puts
+between documents, so an empty prompt starts a fresh document. It is not returned."""
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Index of the first lone surrogate in `text` (JSON's "\\ud800" decodes to one, and
+    so does a command-line argument that is not valid UTF-8), or None if it is valid
+    Unicode. Such text cannot be written out as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def check_text(name: str, text: str) -> None:
+    """`ConfigError` unless `text` is valid Unicode."""
+    at = lone_surrogate(text)
+    if at is not None:
+        raise ConfigError(name, f"is not valid Unicode: a lone surrogate U+{ord(text[at]):04X} at index {at}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sequence to generate."""
+
+    prompt: str = ""
+    """Text the sequence continues; empty starts a new document (`EMPTY_PROMPT`)."""
+
+    max_chars: int = 256
+    """Tokens to generate at most (characters, or bytes for a byte vocabulary)."""
+
+    params: SamplingParams = field(default_factory=SamplingParams)
+    """Temperature, top-k, top-p, repetition penalty and seed."""
+
+    stop: tuple[str, ...] = ()
+    """Generation ends before the first of these strings appears; it is not returned. At
+    most `MAX_STOPS` strings of at most `MAX_STOP_CHARS` characters."""
+
+    logprobs: int | None = None
+    """None: no log-probabilities; n >= 0: each character's log-probability under the
+    model and its n most likely alternatives."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise ConfigError("prompt", f"must be a string, got {type(self.prompt).__name__}")
+        check_text("prompt", self.prompt)
+        if not isinstance(self.max_chars, int) or isinstance(self.max_chars, bool) or not 0 <= self.max_chars <= MAX_CHARS:
+            raise ConfigError("max_chars", f"must be an integer in [0, {MAX_CHARS}], got {self.max_chars!r}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ConfigError("stop", "stop sequences must be non-empty strings")
+        if len(self.stop) > MAX_STOPS:
+            raise ConfigError("stop", f"at most {MAX_STOPS} stop sequences, got {len(self.stop)}")
+        for s in self.stop:
+            if len(s) > MAX_STOP_CHARS:
+                raise ConfigError("stop", f"a stop sequence may have at most {MAX_STOP_CHARS} characters, "
+                                          f"got {len(s)}")
+            check_text("stop", s)
+        if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
+                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise ConfigError("logprobs", f"must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """`ConfigError` unless the settings make sense for a vocabulary of this size."""
+        if self.params.top_k > vocab_size:
+            raise ConfigError("top_k", f"must be at most the model's vocabulary size ({vocab_size}), "
+                                       f"got {self.params.top_k}")
