@@ -4,6 +4,7 @@ Each benchmark's own JSON is read by its keys:
 - train_throughput: ``results`` rows (``cell``, ``trainer_chars_per_s``,
   ``bare_chars_per_s``, ``trainer_over_bare``), ``ratios["peephole/lstm"]`` and ``shape``;
 - serve_load: ``levels`` rows (``clients``, ``chars_per_s``, ``ttfc_p99_ms``, ``headers_p99_ms``, ``errors``);
+- hostile: ``quiet`` and ``hostile`` phases, ``aggregate_ratio``, ``ttfc_p99_ratio``, ``rss_growth``;
 - sample_throughput, encode, flops and quality: as they write them.
 A figure not there is None, and the report says "not measured" for it.
 """
@@ -61,6 +62,16 @@ def serve_figures(data: dict | None) -> list[dict]:
     the response headers, errors."""
     return [{k: row.get(k) for k in ("clients", "chars_per_s", "ttfc_p99_ms", "headers_p99_ms", "errors")}
             for row in sorted((data or {}).get("levels", []), key=lambda r: r["clients"])]
+
+
+def hostile_figures(data: dict | None) -> dict:
+    """Well-behaved clients with and without the hostile one: their aggregate and p99
+    time to first character in each phase, the ratios, errors and the server's RSS."""
+    if not data:
+        return {}
+    return {"quiet": data["quiet"], "hostile": data["hostile"], "aggregate": data.get("aggregate_ratio"),
+            "ttfc": data.get("ttfc_p99_ratio"), "errors": data["quiet"]["errors"] + data["hostile"]["errors"],
+            "rss_growth": data.get("rss_growth"), "attacks": data["hostile"].get("attacks", {})}
 
 
 def quality_best(data: dict | None, device: str) -> dict | None:
@@ -122,6 +133,16 @@ def targets(results: dict) -> list[Target]:
     out.append(_judge("p99 time to first character at 64 clients", "<= 100 ms", serve.get(64, {}).get("ttfc_p99_ms"),
                       lambda v: v <= 100, "{:.0f} ms",
                       "not measured: no 64-client p99 in serve_load's results" if serve else no_serve))
+
+    hostile, no_hostile = hostile_figures(part(results, "hostile")), status_line(results, "hostile")
+    out.append(_judge("Beside a hostile client: well-behaved aggregate vs quiet", ">= 0.80x", hostile.get("aggregate"),
+                      lambda v: v >= 0.8, "{:.2f}x", no_hostile))
+    out.append(_judge("Beside a hostile client: well-behaved p99 TTFC vs quiet", "<= 2.0x", hostile.get("ttfc"),
+                      lambda v: v <= 2.0, "{:.2f}x", no_hostile))
+    out.append(_judge("Beside a hostile client: errors of the well-behaved clients", "0", hostile.get("errors"),
+                      lambda v: v == 0, "{:d}", no_hostile))
+    out.append(_judge("Beside a hostile client: server RSS growth", "< 15%", hostile.get("rss_growth"),
+                      lambda v: v < 0.15, "{:+.1%}", no_hostile))
 
     out.append(_quality_target(results, quality, "cpu"))
     out.append(_quality_target(results, quality, "cuda"))

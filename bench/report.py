@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from bench import plots
-from bench.figures import part, quality_best, serve_figures, status_line, targets, train_figures
+from bench.figures import hostile_figures, part, quality_best, serve_figures, status_line, targets, train_figures
 from bench.flops import FORMULA
 
 NANOGPT_GPU, NANOGPT_CPU = 1.4697, 1.88
@@ -224,6 +224,28 @@ def serve_section(results: dict, report: Path, plots_dir: Path, stem: str) -> li
     return lines + _image(plots.serve(plots_dir / f"{stem}-serve.png", rows), report, "serving under load")
 
 
+def hostile_section(results: dict) -> list[str]:
+    lines = ["## Isolation: well-behaved clients beside a hostile one", ""]
+    data = part(results, "hostile")
+    if data is None:
+        return lines + [status_line(results, "hostile"), ""]
+    figs = hostile_figures(data)
+    lines += [f"{data['clients']} streaming clients ({data['chars_per_request']} characters a completion) against "
+              f"`charnet serve`'s defaults on `{data['model']}`, {data['duration_s']:g} s with and {data['duration_s']:g}"
+              f" s without the hostile client, alternating in {data.get('rounds', 1)} rounds. Server RSS "
+              f"{_num(data.get('rss_mb_before'))} MiB before, {_num(data.get('rss_mb_after'))} MiB after "
+              f"({_num(100 * figs['rss_growth'] if figs.get('rss_growth') is not None else None, '+.1f', '%')}).", ""]
+    lines += _table(["phase", "aggregate chars/s", "requests", "TTFC p50", "TTFC p99", "errors"],
+                    [[name, _num(ph["chars_per_s"]), _num(ph["requests"], ","), _num(ph["ttfc_p50_ms"], ".0f", " ms"),
+                      _num(ph["ttfc_p99_ms"], ".0f", " ms"), ph["errors"]]
+                     for name, ph in (("quiet", figs["quiet"]), ("hostile", figs["hostile"]))])
+    lines += [f"What the hostile client's requests got (each dropped after {data.get('hold_s', 5):g} s: \"dropped\" "
+              "means admitted and still running then):", ""]
+    lines += _table(["request", "answers"], [[name, ", ".join(f"{k} x{v}" for k, v in sorted(got.items()))]
+                                            for name, got in figs["attacks"].items()])
+    return lines
+
+
 def encode_section(results: dict) -> list[str]:
     data = part(results, "encode")
     lines = ["## Corpus encoding", ""]
@@ -293,7 +315,7 @@ def write_report(results_path: Path, report_path: Path, plots_dir: Path) -> Path
              *quality_section(results, report_path, plots_dir, stem),
              *train_section(results, report_path, plots_dir, stem),
              *sample_section(results, report_path, plots_dir, stem),
-             *serve_section(results, report_path, plots_dir, stem),
+             *serve_section(results, report_path, plots_dir, stem), *hostile_section(results),
              *encode_section(results), *flops_section(results), *footer(results)]
     report_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = report_path.with_name(f".{report_path.name}.tmp")

@@ -34,6 +34,7 @@ PARTS = {
     "sample": "bench.sample_throughput",
     "train": "bench.train_throughput",
     "serve": "bench.serve_load",
+    "hostile": "bench.hostile",
     "quality": "bench.quality",
 }
 SCHEMA = 1

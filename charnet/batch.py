@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from charnet.generation import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, CharLogprob, Piece, Sequence
+from charnet.generation import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, CharLogprob, Piece, Sequence,
+                                Snapshot)
 from charnet.kernel import StepKernel
 from charnet.prompt_cache import PromptCache
 from charnet.request import GenerationRequest
@@ -129,7 +130,7 @@ class Batch:
         if not seq.priming:
             self._fork(seq)
 
-    def _snapshot(self, seq: Sequence) -> tuple[tuple[Tensor, ...], Tensor]:
+    def _snapshot(self, seq: Sequence) -> Snapshot:
         r = seq.row
         return tuple(t[:, r:r + 1].clone() for t in self.state), self.logits[r].clone()
 

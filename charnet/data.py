@@ -242,16 +242,6 @@ class Streams:
     def __len__(self) -> int:
         return self.steps_per_epoch
 
-    def shard(self, dist) -> Streams:
-        """This process' share of the streams (every world_size-th), for evaluation; it
-        may hold none when there are fewer streams than processes."""
-        if dist.world_size == 1:
-            return self
-        part = copy.copy(self)
-        part.starts = self.starts[dist.rank::dist.world_size]
-        part.batch_size = len(part.starts)
-        return part
-
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, seq_len) int64, for window k."""
         t = self.seq_len

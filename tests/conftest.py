@@ -146,6 +146,24 @@ def boom(monkeypatch):
     monkeypatch.setattr(Sequence, "_accept", accept)
 
 
+BAD_TOP_P = 0.123
+
+
+@pytest.fixture
+def failing_draw(monkeypatch):
+    """Make the batched draw raise for any batch holding a row with top_p `BAD_TOP_P`."""
+    from charnet import sampling
+
+    real = sampling.BatchParams.of.__func__
+
+    def of(cls, params, *args):
+        if any(p.top_p == BAD_TOP_P for p in params):
+            raise OverflowError("injected")
+        return real(cls, params, *args)
+
+    monkeypatch.setattr(sampling.BatchParams, "of", classmethod(of))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ from charnet.request import MAX_CHARS, GenerationRequest
 from charnet.stops import StopMatcher
 from charnet.sampling import SamplingParams
 from charnet.tokenizer import Vocab
+from tests.conftest import BAD_TOP_P
 
 
 @pytest.fixture(scope="module")
@@ -276,23 +277,13 @@ def test_generate_and_stream_raise_the_sequence_error(engine, boom):
         list(engine.stream("boom", max_chars=10, seed=1))
 
 
-def test_a_row_whose_sampling_fails_ends_alone(engine, monkeypatch):
-    """A failure inside the batched draw (here: any batch holding top_p 0.123) is traced
-    to its row: that sequence ends with an error, the others write their solo text."""
-    from charnet import sampling
-
-    real = sampling.BatchParams.of.__func__
-
-    def of(cls, params, *args):
-        if any(p.top_p == 0.123 for p in params):
-            raise OverflowError("injected")
-        return real(cls, params, *args)
-
-    monkeypatch.setattr(sampling.BatchParams, "of", classmethod(of))
+def test_a_row_whose_sampling_fails_ends_alone(engine, failing_draw):
+    """A failure inside the batched draw is traced to its row: that sequence ends with an
+    error, the others write their solo text."""
     solo_texts = [engine.generate(p, max_chars=30, seed=7).text for p in ("to be", "or not")]
     batch = engine.new_batch()
     good_a = batch.add(engine.request("to be", max_chars=30, seed=7))[0]
-    bad = batch.add(engine.request("xx", max_chars=30, seed=7, top_p=0.123))[0]
+    bad = batch.add(engine.request("xx", max_chars=30, seed=7, top_p=BAD_TOP_P))[0]
     good_b = batch.add(engine.request("or not", max_chars=30, seed=7))[0]
     run(batch)
     assert bad.finish_reason == FINISH_ERROR and isinstance(bad.error, OverflowError)

@@ -17,15 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from charnet.config import MAX_VOCAB
 from charnet.server.deps import ServerState
 from charnet.server.middleware import PROTECTED
-
-
-def bounds(state: ServerState) -> dict[str, int]:
-    """What each setting named by a limit bounds, on this server (top_k: the largest
-    vocabulary served; each model checks its own)."""
-    s = state.settings
-    vocab = max((m.engine.vocab.size for m in state.models.values()), default=MAX_VOCAB)
-    return {"max_chars_cap": s.max_chars_cap, "max_n": s.max_n, "max_prompt_chars": s.max_prompt_chars,
-            "max_score_chars": s.max_score_chars, "vocab_size": vocab}
+from charnet.server.respond import limits
 
 
 def _members(prop: dict[str, Any]) -> list[dict[str, Any]]:
@@ -58,7 +50,8 @@ def schema(app: FastAPI, state: ServerState) -> dict[str, Any]:
     if app.openapi_schema is not None:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    values = bounds(state)
+    # top_k: the largest vocabulary served (each model checks its own)
+    values = limits(state.settings, max((m.engine.vocab.size for m in state.models.values()), default=MAX_VOCAB))
     for component in doc.get("components", {}).get("schemas", {}).values():
         for prop in component.get("properties", {}).values():
             if marks := prop.get("x-charnet-limit"):

@@ -27,11 +27,11 @@ def finite(value: float) -> float:
     return value if math.isfinite(value) else LOGPROB_FLOOR
 
 
-def limits(settings: Settings, model: Model) -> dict[str, int]:
-    """The bounds `charnet.server.schemas.limit` names, for requests to `model`."""
+def limits(settings: Settings, vocab_size: int) -> dict[str, int]:
+    """The bounds `charnet.server.schemas.limit` names, for a model of `vocab_size` tokens."""
     return {"max_chars_cap": settings.max_chars_cap, "max_n": settings.max_n,
             "max_prompt_chars": settings.max_prompt_chars, "max_score_chars": settings.max_score_chars,
-            "vocab_size": model.engine.vocab.size}
+            "vocab_size": vocab_size}
 
 
 def _admitted(model: Model, settings: Settings, enqueue: Callable[[], Job]) -> Job:

@@ -197,7 +197,7 @@ class CompletionRequest(_Request):
         self.check_limits(limits)
         n = self.n or 1
         prompts = self.prompts()
-        max_tokens = 16 if self.max_tokens is None else self.max_tokens
+        max_tokens = min(16, limits["max_chars_cap"]) if self.max_tokens is None else self.max_tokens
         response_budget(n, [max_tokens + (len(p) if self.echo else 0) for p in prompts], self.logprobs, budget,
                         "n x (echoed prompt + max_tokens) x (1 + logprobs), over the prompts,")
         return [(_engine_request(p, {"max_chars": "max_tokens"}, max_chars=max_tokens, temperature=self.temperature,

@@ -25,6 +25,8 @@ TARGET_NAMES = [
     "Trainer vs the bare PyTorch loop (lstm)", "Peephole vs lstm training speed",
     "Single-stream sampling vs the naive loop", "Single-stream sampling vs the bandwidth bound",
     "64 streams sampled together vs one stream", "Server aggregate at 64 clients vs 1 client", "p99 time to first character at 64 clients",
+    "Beside a hostile client: well-behaved aggregate vs quiet", "Beside a hostile client: well-behaved p99 TTFC vs quiet",
+    "Beside a hostile client: errors of the well-behaved clients", "Beside a hostile client: server RSS growth",
     "tinyshakespeare val loss, 15 min on a 2-core CPU", "tinyshakespeare val loss, 10 min on one H100",
     "Cached corpus encoding",
 ]
@@ -169,6 +171,29 @@ def test_serve_figures():
     judged = {t.name: t for t in figures.targets(results_with(serve=SERVE_LOAD))}
     assert judged["Server aggregate at 64 clients vs 1 client"].status == "met"
     assert judged["p99 time to first character at 64 clients"].status == "not met"
+
+
+HOSTILE = {"model": "shakespeare", "clients": 32, "chars_per_request": 200, "duration_s": 60, "rounds": 4,
+           "hold_s": 5.0, "quiet": {"chars_per_s": 3000.0, "requests": 900, "ttfc_p50_ms": 50.0, "ttfc_p99_ms": 200.0,
+                                     "errors": 0},
+           "hostile": {"chars_per_s": 2300.0, "requests": 800, "ttfc_p50_ms": 70.0, "ttfc_p99_ms": 300.0, "errors": 0,
+                       "attacks": {"top_k 2^64 on /v1/generate": {"400": 3}, "five n=16 floods": {"dropped": 10}}},
+           "aggregate_ratio": 2300 / 3000, "ttfc_p99_ratio": 1.5, "rss_mb_before": 380.0, "rss_mb_after": 420.0,
+           "rss_growth": 40 / 380}
+
+
+def test_hostile_figures_and_section(tmp_path):
+    judged = {t.name: t for t in figures.targets(results_with(hostile=HOSTILE))}
+    assert (judged["Beside a hostile client: well-behaved aggregate vs quiet"].measured,
+            judged["Beside a hostile client: well-behaved aggregate vs quiet"].status) == ("0.77x", "not met")
+    assert judged["Beside a hostile client: well-behaved p99 TTFC vs quiet"].status == "met"
+    assert judged["Beside a hostile client: errors of the well-behaved clients"].measured == "0"
+    assert judged["Beside a hostile client: server RSS growth"].measured == "+10.5%"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results_with(hostile=HOSTILE)), encoding="utf-8")
+    text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
+    assert "| hostile | 2,300 | 800 | 70 ms | 300 ms | 0 |" in text
+    assert "| five n=16 floods | dropped x10 |" in text and "dropped after 5 s" in text
 
 
 def quality_data(loss: float, budget: float = 900, quick: bool = False) -> dict:

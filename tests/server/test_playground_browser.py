@@ -60,9 +60,11 @@ def served(start_server, models_dir, tiny_model, tmp_path_factory):
     # text and its alternatives vary; `tiny` and `tiny-gru` stand beside it.
     shakespeare = tmp_path_factory.mktemp("browser-models") / TRAINED
     shutil.copytree(tiny_model, shakespeare)
-    # One slot per model and no queue: a second generation gets a real 429.
+    # One slot per model and no queue: a second generation gets a real 429. Room for a long
+    # generation with the page's 5 alternatives per character.
     return start_server([models_dir, shakespeare, "--max-concurrency", "1", "--max-queue", "0",
-                         "--max-chars-cap", str(LONG)], env={"CHARNET_API_KEY": API_KEY})
+                         "--max-chars-cap", str(LONG), "--max-response-tokens", str(6 * LONG)],
+                        env={"CHARNET_API_KEY": API_KEY})
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from charnet.prompt_cache import PromptCache
+from tests.conftest import BAD_TOP_P
 from tests.serving import MODEL, events, metric, until
 from tests.server.test_completions import PROMPT
 
@@ -215,23 +216,13 @@ async def test_one_request_cannot_take_every_slot(make_app, solo):
         assert texts == [solo(body["prompt"], max_chars=60, seed=7 + i).text for i in range(4)]
 
 
-async def test_a_failing_draw_fails_only_its_row(make_app, monkeypatch, solo):
-    """A failure inside the batched sampling step (injected for top_p 0.123) fails that
-    request with a 500; the streams it shared the step with carry on to their solo text."""
-    from charnet import sampling
-
-    real = sampling.BatchParams.of.__func__
-
-    def of(cls, params, *args):
-        if any(p.top_p == 0.123 for p in params):
-            raise OverflowError("injected")
-        return real(cls, params, *args)
-
-    monkeypatch.setattr(sampling.BatchParams, "of", classmethod(of))
+async def test_a_failing_draw_fails_only_its_row(make_app, failing_draw, solo):
+    """A failure inside the batched sampling step fails that request with a 500; the
+    streams it shared the step with carry on to their solo text."""
     async with make_app() as api:
         good = {"model": MODEL, "prompt": PROMPT, "max_tokens": 200, "seed": 4, "stream": True}
         ok, bad = await asyncio.gather(api.client.post("/v1/completions", json=good),
-                                       api.client.post("/v1/completions", json={**good, "top_p": 0.123,
+                                       api.client.post("/v1/completions", json={**good, "top_p": BAD_TOP_P,
                                                                                 "stream": False}))
         assert bad.status_code == 500
         text = "".join(f["choices"][0]["text"] for f in events(ok.text)[:-1])

@@ -39,7 +39,8 @@ def _logprobs(events: list[Out]) -> list[dict[str, Any]]:
 async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> Any:
     """Continue a prompt with charnet's sampling settings."""
     model = lookup_model(state, body.model)
-    request = body.engine_request(respond.limits(state.settings, model), state.settings.max_response_tokens)
+    settings = state.settings
+    request = body.engine_request(respond.limits(settings, model.engine.vocab.size), settings.max_response_tokens)
     job = respond.submit(http, model, [(request, 1)])
     generated = [0]
 

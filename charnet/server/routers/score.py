@@ -51,7 +51,7 @@ async def score(body: ScoreRequest, http: Request, state: ReadyState) -> Any:
     """Score a text: bits per character (as `charnet eval`), and each character's
     log-probability with the most likely alternatives at its position."""
     model = lookup_model(state, body.model)
-    body.check(respond.limits(state.settings, model), state.settings.max_response_tokens)
+    body.check(respond.limits(state.settings, model.engine.vocab.size), state.settings.max_response_tokens)
     vocab = model.engine.vocab
     ids = vocab.encode(body.text)
     job = respond.submit_score(http, model, ids, body.top, vocab.count_unknown(ids))
