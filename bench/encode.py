@@ -1,4 +1,4 @@
-"""Corpus encoding speed and memory: `charnet.data.load_corpus`, cold and cached.
+"""Corpus encoding speed and memory: `charnet.training.data.load_corpus`, cold and cached.
 
     python -m bench.encode                     # a 100 MB corpus (and a 25 MB one)
     python -m bench.encode --quick --json bench/results/encode.json
@@ -87,7 +87,7 @@ def child(corpus: Path, cache: Path) -> dict:
     """Load the corpus once; seconds, and memory before and at peak (bytes)."""
     import resource
 
-    from charnet.data import load_corpus
+    from charnet.training.data import load_corpus
 
     def peak() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux

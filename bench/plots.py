@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from charnet.monitor import plot_curves
+from charnet.training.monitor import plot_curves
 
 
 def _pyplot():

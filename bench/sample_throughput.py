@@ -26,7 +26,7 @@ import torch
 import charnet
 from bench.common import machine, untrained_lstm, write_json
 from bench.flops import mv_gbps
-from charnet.engine import Engine
+from charnet.inference.engine import Engine
 
 
 def engine_for(spec: str | None) -> tuple[Engine, str]:

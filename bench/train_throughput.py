@@ -78,7 +78,7 @@ class TrainerLoop:
 
     def __init__(self, cell: str, corpus, args, out: Path) -> None:
         from charnet.config import ModelConfig, TrainConfig
-        from charnet.training import Trainer
+        from charnet.training.trainer import Trainer
 
         model_cfg = ModelConfig(vocab_size=corpus.vocab.size, cell=cell, layers=args.layers, hidden=args.hidden,
                                 embedding=args.embedding, dropout=DROPOUT)
@@ -169,7 +169,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from charnet.data import load_corpus
+    from charnet.training.data import load_corpus
 
     corpus_path = tinyshakespeare() or ROOT / "corpora" / "shakespeare.txt"
     corpus = load_corpus([corpus_path])

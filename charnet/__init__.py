@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from charnet.engine import Engine
+    from charnet.inference.engine import Engine
 
 
 def load(path_or_name: str, device: str = "cpu") -> Engine:
@@ -15,8 +15,8 @@ def load(path_or_name: str, device: str = "cpu") -> Engine:
 
     `path_or_name` is a checkpoint directory, a run directory (its best/ is used) or a
     name under checkpoints/; `device` is ``cpu``, ``cuda``, ``mps`` or ``auto``. See
-    `charnet.engine.Engine` for generate, stream and score.
+    `charnet.inference.engine.Engine` for generate, stream and score.
     """
-    from charnet.engine import load as _load  # torch loads only when a model does
+    from charnet.inference.engine import load as _load  # torch loads only when a model does
 
     return _load(path_or_name, device)

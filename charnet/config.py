@@ -12,16 +12,13 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from charnet.errors import ConfigError
 
 CELLS = ("rnn", "lstm", "peephole", "gru")
-TOKENIZERS = ("char", "byte")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
-
-Cell = Literal["rnn", "lstm", "peephole", "gru"]
 
 MAX_VOCAB = 0x110000
 """Largest vocabulary: every Unicode code point (the unknown id stands in for U+FFFD)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from charnet.cells import State, make_recurrent
@@ -47,20 +46,9 @@ class CharRNN(nn.Module):
         y, state = self.rnn(x, state)  # (B, T, H)
         return self.head(self.drop(y)), state  # (B, T, V)
 
-    def initial_state(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> State:
-        """The zero state every sequence starts from: tuple of (L, B, H) tensors."""
-        cfg = self.config
-        ref = self.head.weight
-        zeros = torch.zeros(cfg.layers, batch, cfg.hidden, device=device or ref.device, dtype=dtype or ref.dtype)
-        return tuple(zeros.clone() for _ in range(cfg.state_tensors))
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def loss(self, idx: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Mean cross-entropy in nats per character, and the state after the window."""
-        logits, state = self(idx, state)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)), state
 
 
 def detach_state(state: State) -> State:

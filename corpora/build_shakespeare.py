@@ -31,7 +31,7 @@ POEMS = {
     "rape_of_lucrece_gut.txt",
     "sonnets_gut.txt",
 }
-SEPARATOR = "\n\n"  # charnet.corpus.DEFAULT_SEPARATOR
+SEPARATOR = "\n\n"  # charnet.training.corpus.DEFAULT_SEPARATOR
 OUT = Path(__file__).with_name("shakespeare.txt")
 
 

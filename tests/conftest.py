@@ -61,8 +61,8 @@ def tiny_model(tmp_path_factory, shakespeare_text) -> Path:
     """A small LSTM trained for a few seconds on real text: its samples have structure
     (words, line breaks) that tests of the sampling controls need."""
     from charnet.config import ModelConfig, TrainConfig
-    from charnet.data import load_corpus
-    from charnet.training import Trainer
+    from charnet.training.data import load_corpus
+    from charnet.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("tiny-model")
     corpus_path = root / "corpus.txt"
@@ -134,7 +134,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def boom(monkeypatch):
     """Make every sequence whose prompt is "boom" raise on its fourth character."""
-    from charnet.generation import Sequence
+    from charnet.inference.generation import Sequence
 
     real = Sequence._accept
 
@@ -152,7 +152,7 @@ BAD_TOP_P = 0.123
 @pytest.fixture
 def failing_draw(monkeypatch):
     """Make the batched draw raise for any batch holding a row with top_p `BAD_TOP_P`."""
-    from charnet import sampling
+    from charnet.inference import sampling
 
     real = sampling.BatchParams.of.__func__
 

@@ -222,7 +222,7 @@ def anyio_backend() -> str:
 def solo(checkpoint):
     """The trained model loaded on its own: what a request generates alone."""
     from charnet.checkpoint import load_checkpoint
-    from charnet.engine import Engine
+    from charnet.inference.engine import Engine
 
     engine = Engine(load_checkpoint(checkpoint))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from charnet.cells import PeepholeLSTM, _PeepholeScan, make_recurrent
-from charnet.config import ModelConfig
+from charnet.config import CELLS, ModelConfig
 from charnet.model import CharRNN
 
 B, T, I, H = 3, 7, 5, 6
@@ -85,7 +85,7 @@ def randomized(cell: str, layers: int, input_size: int = I):
 
 
 @pytest.mark.parametrize("layers", [1, 3])
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_cell_computes_its_equations(cell, layers):
     rnn = randomized(cell, layers)
     x = torch.randn(B, T, I)
@@ -101,7 +101,7 @@ def test_cell_computes_its_equations(cell, layers):
         assert len(state) == 1
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_state_carries_across_windows(cell):
     """Running two windows with the state carried equals running their concatenation."""
     rnn = randomized(cell, 2)
@@ -156,7 +156,7 @@ def test_peephole_module_gradients_match_autograd_of_the_equations():
         torch.testing.assert_close(a, b_, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_model_is_embedding_cells_and_head(cell):
     torch.manual_seed(1)
     model = CharRNN(ModelConfig(vocab_size=11, cell=cell, layers=2, hidden=H, embedding=I, dropout=0.3)).eval()

@@ -11,7 +11,7 @@ import torch
 
 from charnet import checkpoint as ck
 from charnet.checkpoint import ResumeState, find, load_checkpoint, resolve_dir, save_checkpoint
-from charnet.config import ModelConfig
+from charnet.config import CELLS, ModelConfig
 from charnet.errors import CheckpointError
 from charnet.model import CharRNN
 from charnet.tokenizer import Vocab
@@ -27,7 +27,7 @@ def make(tmp_path, cell="lstm", name="ck", tie=False, **kw):
     return model, tmp_path / name
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_round_trip_gives_the_same_function(tmp_path, cell):
     model, path = make(tmp_path, cell)
     loaded = load_checkpoint(path)

@@ -145,7 +145,9 @@ def test_disconnect_mid_stream_frees_the_slot(server):
 
 
 def test_disconnect_while_waiting_for_a_whole_response(server):
-    body = {"model": MODEL, "prompt": "x", "max_tokens": 2000, "temperature": 1.0}
+    before = metric(httpx.get(f"{server.url}/metrics").text, "charnet_client_disconnects_total", model=MODEL)
+    # 16 choices of 2,000 characters: seconds of work, so the client leaves while it runs.
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2000, "n": 16, "temperature": 1.0}
 
     async def run() -> None:
         async with httpx.AsyncClient(timeout=60) as http:
@@ -154,9 +156,11 @@ def test_disconnect_while_waiting_for_a_whole_response(server):
                 await asyncio.sleep(0.02)
             task.cancel()  # httpx closes the connection
 
-    # 2000 characters of the tiny model take long enough to catch it running; if it
-    # finished first, the gauge is 0 anyway and the assertion below still holds.
     asyncio.run(run())
+    # The server saw the client leave (a generation that finished first would not count)
+    # and freed its slot.
+    wait_until(lambda: metric(httpx.get(f"{server.url}/metrics").text, "charnet_client_disconnects_total",
+                              model=MODEL) == before + 1)
     wait_until(lambda: running(server) == 0)
 
 

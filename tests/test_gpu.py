@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from charnet.checkpoint import load_checkpoint
-from charnet.config import ModelConfig, TrainConfig
-from charnet.data import load_corpus
-from charnet.evaluation import autocast_for, evaluate
-from charnet.training import Trainer
+from charnet.config import CELLS, ModelConfig, TrainConfig
+from charnet.training.data import load_corpus
+from charnet.training.evaluation import autocast_for, evaluate
+from charnet.training.trainer import Trainer
 from tests.conftest import TINY, run_cli, run_torchrun
 
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_bf16_training_on_cuda_and_the_checkpoint_on_cpu(small_corpus, tmp_path, cell):
     corpus = load_corpus([small_corpus])
     model_cfg = ModelConfig(vocab_size=corpus.vocab.size, cell=cell, hidden=64, embedding=32, layers=2, dropout=0.0)

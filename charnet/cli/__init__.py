@@ -22,6 +22,12 @@ except ImportError:  # older typer raises click's
 from charnet import __version__
 from charnet.errors import CharnetError, ConfigError, PeerFailed
 
+def unescape(text: str) -> str:
+    """Command-line text with its escape sequences (\\n, \\t, \\u00e9...) decoded, the
+    rest kept as typed."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+
+
 app = typer.Typer(
     name="charnet",
     help="Character-level recurrent language models: train, evaluate, sample and serve.",

@@ -25,24 +25,21 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Bits per character and perplexity of text under a model."""
-    from charnet.checkpoint import find, load_checkpoint
-    from charnet.corpus import read_text, resolve_sources
-    from charnet.scoring import LN2, score_ids
-    from charnet.device import resolve_device
+    from charnet.inference.engine import load
+    from charnet.training.corpus import read_text, resolve_sources
+    from charnet.units import LN2
 
-    dev = resolve_device(device.value)
-    ckpt = load_checkpoint(find(checkpoint), dev)
+    engine = load(checkpoint, device.value)
+    ckpt = engine.checkpoint
     unit = "byte" if ckpt.vocab.kind == "byte" else "char"
     rows, total_nats, total_tokens, total_unknown = [], 0.0, 0, 0
     for path in resolve_sources(files).files:
-        ids = ckpt.vocab.encode(read_text([path], encoding))
-        unknown = ckpt.vocab.count_unknown(ids)
-        score = score_ids(ckpt.model, ids, dev, unknown=unknown)
+        score = engine.score(read_text([path], encoding))
         rows.append({"file": str(path), "tokens": score.tokens, f"bits_per_{unit}": score.bits_per_char,
-                     f"nats_per_{unit}": score.nats, "perplexity": score.perplexity, "unknown": unknown})
+                     f"nats_per_{unit}": score.nats, "perplexity": score.perplexity, "unknown": score.unknown})
         total_nats += -float(score.logprobs.astype("float64").sum())
         total_tokens += score.tokens
-        total_unknown += unknown
+        total_unknown += score.unknown
     nats = total_nats / total_tokens if total_tokens else float("nan")
     total = {"file": "total", "tokens": total_tokens, f"bits_per_{unit}": nats / LN2, f"nats_per_{unit}": nats,
              "perplexity": math.exp(nats) if total_tokens else float("nan"), "unknown": total_unknown}

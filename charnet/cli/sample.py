@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from charnet.cli import app
+from charnet.cli import app, unescape
 from charnet.cli.train import Device
 from charnet.errors import ConfigError
-from charnet.request import MAX_CHARS
-from charnet.sampling import SamplingParams
+from charnet.inference.request import MAX_CHARS
+from charnet.inference.sampling import SamplingParams
 
 DEFAULT_MODEL = "shakespeare"
 """The bundled model under checkpoints/, used when no checkpoint is given."""
@@ -45,15 +45,16 @@ def sample(
     device: Annotated[Device, Opt(help="Device to run the model on.")] = Device.cpu,
 ) -> None:
     """Generate text from a model and print it."""
-    from charnet.engine import Engine, load
+    from charnet.inference.engine import load
+    from charnet.inference.request import GenerationRequest
 
     try:
         settings = dict(max_chars=length, temperature=temperature, top_k=top_k, top_p=top_p,
                         repetition_penalty=repetition_penalty, seed=seed,
-                        stop=[s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in stop or []])
+                        stop=[unescape(s) for s in stop or []])
         if num_samples < 1:
             raise ConfigError("num_samples", f"must be at least 1, got {num_samples}")
-        request = Engine.request(prompt, **settings)
+        request = GenerationRequest.of(prompt, **settings)
     except ConfigError as e:
         raise ConfigError({"max_chars": "length"}.get(e.field, e.field), e.message) from None
     engine = load(checkpoint, device.value)

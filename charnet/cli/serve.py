@@ -12,7 +12,7 @@ import typer
 
 from charnet.cli import app, fail
 from charnet.cli.train import Device
-from charnet.request import MAX_CHARS
+from charnet.inference.request import MAX_CHARS
 from charnet.server.settings import API_KEY_ENV, MAX_N, Settings
 
 Opt = typer.Option

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from charnet.cli import app
+from charnet.cli import app, unescape
 from charnet.config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, parse_duration
 from charnet.errors import CharnetError
 
@@ -48,7 +48,6 @@ MODEL_OPTS = {"model": "cell", "layers": "layers", "hidden": "hidden", "embeddin
               "dropout": "dropout", "tie_embeddings": "tie_embeddings"}
 # Options that define the run; on --resume they must match it (budgets may change).
 FIXED_TRAIN_OPTS = ("seq_len", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "val_fraction", "seed")
-DATA_OPTS = ("tokenizer", "encoding", "separator")
 
 Opt = typer.Option
 
@@ -103,14 +102,14 @@ def train(
     and exits with code 130; run again with --resume to continue.
     """
     from charnet.checkpoint import load_checkpoint
-    from charnet.corpus import bundled_corpus
-    from charnet.data import load_corpus
-    from charnet.distributed import from_env, shutdown
-    from charnet.training import Trainer, prepare_out_dir
+    from charnet.training.corpus import bundled_corpus
+    from charnet.training.data import load_corpus
+    from charnet.training.distributed import from_env, shutdown
+    from charnet.training.trainer import Trainer, prepare_out_dir
 
     if resume and force:
         raise CharnetError("--resume and --force contradict each other; pick one")
-    sep = separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    sep = unescape(separator)
     specs = list(corpus or [])
     if not specs and not resume:
         default = bundled_corpus()
@@ -204,7 +203,7 @@ def _check_unchanged(ctx: typer.Context, saved: dict, world_size: int) -> None:
         new = ctx.params[opt]
         new = new.value if isinstance(new, Enum) else new
         if opt == "separator":
-            new = new.encode("latin-1", "backslashreplace").decode("unicode_escape")
+            new = unescape(new)
         if opt == "batch_size":
             old_world = saved["training"].get("world_size", 1)
             global_batch = old * old_world
@@ -224,7 +223,7 @@ def _processes(n: int) -> str:
 
 
 def _report(result) -> None:
-    from charnet.monitor import bits
+    from charnet.units import bits
 
     minutes, seconds = divmod(int(result.elapsed), 60)
     lines = [f"done: {result.step} steps in {minutes}m{seconds:02d}s ({result.stopped})"]

@@ -22,8 +22,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from charnet import __version__
-from charnet.checkpoint import load_checkpoint
-from charnet.engine import Engine
+from charnet.inference.engine import Engine
 from charnet.errors import CharnetError
 from charnet.server import errors, openapi
 from charnet.server.deps import Model, ServerState
@@ -80,14 +79,14 @@ def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:
     device = resolve_device(settings.device)
     for name, path in settings.models.items():
         try:
-            engine = Engine(load_checkpoint(Path(path), device), cache_bytes=int(settings.cache_mb * (1 << 20)))
+            engine = Engine.open(Path(path), device, cache_bytes=int(settings.cache_mb * (1 << 20)))
         except CharnetError as e:
             log.warning("not serving %s: %s", name, e)
             continue
         scheduler = Scheduler(name, engine, metrics, max_concurrency=settings.max_concurrency,
                               max_queue=settings.max_queue, max_n=settings.max_n, timeout=settings.request_timeout)
         created = int((engine.path / "config.json").stat().st_mtime)
-        loaded[name] = Model(name, engine, scheduler, created, _model_info(engine))
+        loaded[name] = Model(name=name, engine=engine, scheduler=scheduler, created=created, info=_model_info(engine))
         log.info("loaded model %s from %s", name, engine.path)
     return loaded
 

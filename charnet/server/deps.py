@@ -7,14 +7,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from charnet.engine import Engine
+from charnet.inference.engine import Engine
 from charnet.server.errors import APIError
 from charnet.server.metrics import Metrics
 from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Model:
     """A served model: its name, engine, engine loop and metadata."""
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charnet.generation import CharLogprob
-from charnet.request import GenerationRequest
-from charnet.scoring import Score
+from charnet.inference.generation import CharLogprob
+from charnet.inference.request import GenerationRequest
+from charnet.inference.scoring import Score
 from charnet.server.metrics import Metrics
 
 
@@ -29,7 +29,7 @@ class ShuttingDown(Exception):
     """The scheduler no longer takes requests."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Out:
     """What one request got from one step: a piece of a choice, or the end."""
 
@@ -47,7 +47,7 @@ class Out:
     """No more events follow."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Choice:
     """What a choice is from its start: its seed and its prompt's length in tokens."""
 

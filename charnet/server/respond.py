@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
 
-from charnet.request import GenerationRequest
+from charnet.inference.request import GenerationRequest
 from charnet.server.deps import Model
 from charnet.server.errors import APIError
 from charnet.server.job import Job, Out, Overloaded, ScoreJob, ShuttingDown

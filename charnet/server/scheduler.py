@@ -34,11 +34,11 @@ from collections import deque
 
 import numpy as np
 
-from charnet.engine import Engine
+from charnet.inference.engine import Engine
 from charnet.errors import ConfigError
-from charnet.generation import FINISH_ERROR, Sequence
-from charnet.request import GenerationRequest
-from charnet.scoring import Scorer
+from charnet.inference.generation import FINISH_ERROR, Sequence
+from charnet.inference.request import GenerationRequest
+from charnet.inference.scoring import Scorer
 from charnet.server.fairness import water_fill
 from charnet.server.job import Choice, Job, Out, Overloaded, ScoreJob, ShuttingDown
 from charnet.server.metrics import Metrics
@@ -201,12 +201,12 @@ class Scheduler:
                 log.exception("starting a request on %s failed", self.name)
             self._finish(job, (status, str(e) if status == 400 else f"generation failed: {type(e).__name__}"), out)
             return
-        job.choices = [Choice(s.seed, s.prompt_tokens) for s in seqs]
+        job.choices = [Choice(seed=s.seed, prompt_tokens=s.prompt_tokens) for s in seqs]
         self._seqs[job] = seqs
         self._jobs.append(job)
         for index, seq in enumerate(seqs):
             if seq.finished:  # max_chars == 0: done before its first step
-                out.append((job, Out(index, "", (), seq.finish_reason)))
+                out.append((job, Out(index=index, finish_reason=seq.finish_reason)))
             else:
                 self._owner[seq.id] = (job, index)
         if all(s.finished for s in seqs):
@@ -262,8 +262,8 @@ class Scheduler:
                 self._end(job, (500, f"generation failed: {type(piece.seq.error).__name__}"), out)
                 continue
             if piece.text or piece.finish_reason or piece.logprobs:
-                out.append((job, Out(index, piece.text, tuple(piece.logprobs), piece.finish_reason,
-                                     piece.seq.generated)))
+                out.append((job, Out(index=index, text=piece.text, logprobs=tuple(piece.logprobs),
+                                     finish_reason=piece.finish_reason, generated=piece.seq.generated)))
             if piece.finish_reason:
                 del self._owner[piece.seq.id]
                 if all(s.finished for s in self._seqs[job]):

@@ -14,12 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from charnet.config import MAX_VOCAB
-from charnet.engine import Engine
 from charnet.errors import ConfigError
-from charnet.request import MAX_CHARS, MAX_LOGPROBS, GenerationRequest, lone_surrogate
+from charnet.inference.request import MAX_CHARS, MAX_LOGPROBS, GenerationRequest, lone_surrogate
 from charnet.server.errors import APIError
 from charnet.server.settings import MAX_N
-from charnet.stops import MAX_STOP_CHARS, MAX_STOPS
+from charnet.inference.stops import MAX_STOP_CHARS, MAX_STOPS
 
 MAX_SEED = (1 << 53) - 1
 """The largest seed over HTTP: the largest integer every JSON parser reads exactly (a
@@ -122,7 +121,7 @@ def response_budget(choices: int, lengths: list[int], logprobs: int | None, budg
 def _engine_request(prompt: str, names: Mapping[str, str], **settings: Any) -> GenerationRequest:
     """A validated `GenerationRequest`; a 400 naming the field as the client spelled it."""
     try:
-        return Engine.request(prompt, **{k: v for k, v in settings.items() if v is not None})
+        return GenerationRequest.of(prompt, **{k: v for k, v in settings.items() if v is not None})
     except ConfigError as e:
         param = names.get(e.field, e.field)
         raise APIError(400, f"{param}: {e.message}", param=param, code="invalid_value") from None

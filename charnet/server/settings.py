@@ -13,7 +13,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charnet.request import MAX_CHARS
+from charnet.inference.request import MAX_CHARS
 
 MAX_N = 128
 """The largest n (and number of prompts) any server takes, as OpenAI's API; --max-n is at

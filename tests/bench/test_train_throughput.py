@@ -16,9 +16,8 @@ import sys
 import pytest
 import torch
 
+from charnet.config import CELLS
 from tests.conftest import ROOT
-
-CELLS = ("rnn", "lstm", "peephole", "gru")
 
 
 def test_quick_run_prints_and_records_the_ratios(tmp_path):

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from charnet.prompt_cache import PromptCache
+from charnet.inference.prompt_cache import PromptCache
 from tests.conftest import BAD_TOP_P
 from tests.serving import MODEL, events, metric, until
 from tests.server.test_completions import PROMPT

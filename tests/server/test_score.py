@@ -82,7 +82,7 @@ async def test_scoring_takes_turns_with_generation_and_is_bounded(make_app, monk
     """A text is scored a window at a time between the batch's steps: a generation sent
     while a long score runs finishes first, with its solo text; the score is the one a
     lone request gets; a model scores at most --max-concurrency texts at once."""
-    from charnet.scoring import Scorer
+    from charnet.inference.scoring import Scorer
     from charnet.server import scheduler
 
     monkeypatch.setattr(scheduler, "SCORE_WINDOW", 4)

@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from charnet.scoring import Score
+from charnet.inference.scoring import Score
 from charnet.server import respond
 from charnet.server.deps import Model, ReadyState, lookup_model
 from charnet.server.routers import ERRORS

@@ -1,4 +1,4 @@
-"""Validation loss during training (per-text scores for `charnet eval` live in `charnet.scoring`)."""
+"""Validation loss during training (per-text scores for `charnet eval` live in `charnet.inference.scoring`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from charnet.data import IGNORE, EvalStreams
+from charnet.training.data import IGNORE, EvalStreams
 from charnet.model import CharRNN
 
 

@@ -30,7 +30,7 @@ REPETITION_WINDOW = 64
 character has appeared; the recent window is what repetition means for characters."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingParams:
     """How one sequence chooses its characters."""
 
@@ -89,7 +89,7 @@ def uniform(seeds: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BatchParams:
     """`SamplingParams` of every row of a batch, as tensors."""
 

@@ -6,7 +6,7 @@ every token). Keeping the states of recent prompts lets a request whose prompt e
 one of them (a chat that sends its history again, a shared preamble) prime only the
 characters that are new.
 
-Entries are keyed by the exact token ids they follow. Priming (`charnet.batch`) stores an
+Entries are keyed by the exact token ids they follow. Priming (`charnet.inference.batch`) stores an
 entry at every `BLOCK` tokens from the start of a prompt and at its end (`marks`), so
 prompts that share a preamble but then differ still find it; a finished generation
 stores the state after its prompt and continuation. Priming in pieces yields

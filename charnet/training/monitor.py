@@ -8,18 +8,13 @@ Only the main process of a distributed run monitors; the others get a `Monitor` 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-LN2 = math.log(2)
-
-
-def bits(nats: float) -> float:
-    return nats / LN2
+from charnet.units import LN2, bits
 
 
 class Monitor:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charnet.corpus import DEFAULT_SEPARATOR, Sources, fingerprint, iter_text, resolve_sources
+from charnet.training.corpus import DEFAULT_SEPARATOR, Sources, fingerprint, iter_text, resolve_sources
 from charnet.errors import CorpusError
 from charnet.tokenizer import Vocab, vocab_for
 

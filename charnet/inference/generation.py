@@ -1,9 +1,9 @@
 """One generating sequence: its prompt, its priming, and the text it has emitted.
 
-A `Sequence` lives in a `charnet.batch.Batch`. It first primes: its prompt's tokens are
+A `Sequence` lives in a `charnet.inference.batch.Batch`. It first primes: its prompt's tokens are
 fed through the model (as a row of the batch, or from a cached prefix) until the state
 covers the whole prompt. Then it samples: each step turns one sampled token into text,
-holding back what might be the start of a stop string (`charnet.stops`), until a stop
+holding back what might be the start of a stop string (`charnet.inference.stops`), until a stop
 string, its length, a cancellation or an error ends it.
 
 The samples of one request share their prompt: the first sequence (the leader) primes
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from charnet.request import EMPTY_PROMPT, GenerationRequest
-from charnet.sampling import REPETITION_WINDOW, derive_seed
-from charnet.stops import StopMatcher
+from charnet.inference.request import EMPTY_PROMPT, GenerationRequest
+from charnet.inference.sampling import REPETITION_WINDOW, derive_seed
+from charnet.inference.stops import StopMatcher
 from charnet.tokenizer import Vocab
 
 FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED = "stop", "length", "cancelled"
@@ -35,7 +35,7 @@ Snapshot = tuple[tuple[Tensor, ...], Tensor]
 while it has no row in a batch."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CharLogprob:
     """What the model believed about one generated token (natural logs, before
     temperature, top-k and top-p)."""
@@ -46,7 +46,7 @@ class CharLogprob:
     """The most likely tokens at that position, most likely first."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Piece:
     """Text a sequence produced in one step (possibly empty), and whether it ended."""
 
@@ -93,7 +93,7 @@ class Sequence:
 
     def sibling(self, index: int, vocab: Vocab) -> Sequence:
         """Sample `index` of this sequence's request: the same prompt (primed by this
-        one), seed derived as in `charnet.sampling.derive_seed`."""
+        one), seed derived as in `charnet.inference.sampling.derive_seed`."""
         params = dataclasses.replace(self.request.params, seed=derive_seed(self.seed, index))
         other = Sequence(dataclasses.replace(self.request, params=params), vocab, self.encoded)
         other.leader = self
@@ -149,4 +149,4 @@ class Sequence:
         self.logprobs.extend(out)
         if text:
             self.text_parts.append(text)
-        return Piece(self, text, out, self.finish_reason)
+        return Piece(seq=self, text=text, logprobs=out, finish_reason=self.finish_reason)

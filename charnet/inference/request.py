@@ -7,11 +7,12 @@ before any work is done, so nothing unchecked reaches the batched step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from charnet.errors import ConfigError
-from charnet.sampling import SamplingParams
-from charnet.stops import MAX_STOP_CHARS, MAX_STOPS
+from charnet.inference.sampling import SamplingParams
+from charnet.inference.stops import MAX_STOP_CHARS, MAX_STOPS
 
 MAX_CHARS = 100_000
 """Most characters one sequence may generate (a request asking for more is refused)."""
@@ -42,7 +43,7 @@ def check_text(name: str, text: str) -> None:
         raise ConfigError(name, f"is not valid Unicode: a lone surrogate U+{ord(text[at]):04X} at index {at}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationRequest:
     """One sequence to generate."""
 
@@ -84,6 +85,19 @@ class GenerationRequest:
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
                                           or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise ConfigError("logprobs", f"must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+
+    @classmethod
+    def of(cls, prompt: str = "", **settings: Any) -> GenerationRequest:
+        """The request for flat settings, as the Python API and `charnet sample` spell
+        them: `SamplingParams` fields go to ``params``, the rest are this type's own.
+        An unknown name is a `ConfigError`."""
+        sampling = {f.name for f in fields(SamplingParams)}
+        own = {f.name for f in fields(cls)} - {"params", "prompt"}
+        unknown = sorted(set(settings) - sampling - own)
+        if unknown:
+            raise ConfigError(unknown[0], "is not a generation setting")
+        params = SamplingParams(**{k: v for k, v in settings.items() if k in sampling})
+        return cls(prompt=prompt, params=params, **{k: v for k, v in settings.items() if k in own})
 
     def check_vocab(self, vocab_size: int) -> None:
         """`ConfigError` unless the settings make sense for a vocabulary of this size."""

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from charnet.errors import ConfigError
-from charnet.request import GenerationRequest
-from charnet.stops import MAX_STOP_CHARS, MAX_STOPS, StopMatcher, _automaton
+from charnet.inference.request import GenerationRequest
+from charnet.inference.stops import MAX_STOP_CHARS, MAX_STOPS, StopMatcher, _automaton
 
 
 def oracle(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -81,5 +81,5 @@ def test_work_per_character_is_bounded_however_long_the_stops():
                                             (("ok\ud800",), "not valid Unicode")])
 def test_requests_bound_their_stops(stop, fragment):
     with pytest.raises(ConfigError, match=fragment) as e:
-        GenerationRequest("x", stop=stop)
+        GenerationRequest(prompt="x", stop=stop)
     assert e.value.field == "stop"

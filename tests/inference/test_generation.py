@@ -8,16 +8,16 @@ import torch
 
 from charnet.checkpoint import Checkpoint, load_checkpoint
 from charnet.config import ModelConfig
-from charnet.engine import Engine
+from charnet.inference.engine import Engine
 from charnet.errors import ConfigError
-from charnet.batch import Batch
-from charnet.generation import FINISH_ERROR
-from charnet.kernel import StepKernel
+from charnet.inference.batch import Batch
+from charnet.inference.generation import FINISH_ERROR
+from charnet.inference.kernel import StepKernel
 from charnet.model import CharRNN
-from charnet.prompt_cache import BLOCK, PromptCache
-from charnet.request import MAX_CHARS, GenerationRequest
-from charnet.stops import StopMatcher
-from charnet.sampling import SamplingParams
+from charnet.inference.prompt_cache import BLOCK, PromptCache
+from charnet.inference.request import MAX_CHARS, GenerationRequest
+from charnet.inference.stops import StopMatcher
+from charnet.inference.sampling import SamplingParams
 from charnet.tokenizer import Vocab
 from tests.conftest import BAD_TOP_P
 
@@ -29,7 +29,7 @@ def trained(tiny_model):
 
 
 def req(prompt="ROMEO:\n", n=60, seed=1, **kw) -> GenerationRequest:
-    return GenerationRequest(prompt, n, SamplingParams(seed=seed, **{"temperature": 1.0, **kw}))
+    return GenerationRequest(prompt=prompt, max_chars=n, params=SamplingParams(seed=seed, **{"temperature": 1.0, **kw}))
 
 
 def run(batch: Batch) -> None:
@@ -93,7 +93,7 @@ def test_stop_strings_cut_exactly_and_hold_their_logprobs_back(trained):
     stop = full[100:103]
     first = full.index(stop)
     batch = Batch(kernel, vocab)
-    (seq,) = batch.add(GenerationRequest("ROMEO:\n", 300, SamplingParams(seed=5), (stop, "never appears"), logprobs=2))
+    (seq,) = batch.add(GenerationRequest(prompt="ROMEO:\n", max_chars=300, params=SamplingParams(seed=5), stop=(stop, "never appears"), logprobs=2))
     streamed = []
     while len(batch):
         streamed += [p.text for p in batch.step()]
@@ -107,7 +107,7 @@ def test_stop_strings_cut_exactly_and_hold_their_logprobs_back(trained):
 def test_logprobs_are_the_models_distribution(trained):
     kernel, vocab = trained
     batch = Batch(kernel, vocab)
-    (seq,) = batch.add(GenerationRequest("ROMEO:\n", 30, SamplingParams(seed=2, temperature=0.5), logprobs=3))
+    (seq,) = batch.add(GenerationRequest(prompt="ROMEO:\n", max_chars=30, params=SamplingParams(seed=2, temperature=0.5), logprobs=3))
     run(batch)
     assert len(seq.logprobs) == 30 and "".join(lp.text for lp in seq.logprobs) == seq.text
     for lp in seq.logprobs:
@@ -222,7 +222,7 @@ def test_byte_vocabulary_generates_valid_utf8(tmp_path):
     vocab = Vocab.bytes()
     kernel = StepKernel(CharRNN(ModelConfig(vocab_size=256, hidden=32, embedding=8)).eval())
     batch = Batch(kernel, vocab)
-    seqs = batch.add(GenerationRequest("héllo 字", 200, SamplingParams(seed=4)), count=3)
+    seqs = batch.add(GenerationRequest(prompt="héllo 字", max_chars=200, params=SamplingParams(seed=4)), count=3)
     run(batch)
     for seq in seqs:
         assert seq.generated == 200 and seq.prompt_tokens == len("héllo 字".encode())
@@ -259,7 +259,7 @@ def engine(tmp_path_factory) -> Engine:
 def test_one_failing_sequence_leaves_the_others_untouched(engine, boom):
     solo_texts = [engine.generate(p, max_chars=30, seed=7).text for p in ("to be", "or not")]
     batch = engine.new_batch()
-    seqs = [batch.add(engine.request(p, max_chars=30, seed=7))[0] for p in ("to be", "boom", "or not")]
+    seqs = [batch.add(GenerationRequest.of(p, max_chars=30, seed=7))[0] for p in ("to be", "boom", "or not")]
     finishes = {}
     while len(batch):
         for piece in batch.step():
@@ -282,9 +282,9 @@ def test_a_row_whose_sampling_fails_ends_alone(engine, failing_draw):
     error, the others write their solo text."""
     solo_texts = [engine.generate(p, max_chars=30, seed=7).text for p in ("to be", "or not")]
     batch = engine.new_batch()
-    good_a = batch.add(engine.request("to be", max_chars=30, seed=7))[0]
-    bad = batch.add(engine.request("xx", max_chars=30, seed=7, top_p=BAD_TOP_P))[0]
-    good_b = batch.add(engine.request("or not", max_chars=30, seed=7))[0]
+    good_a = batch.add(GenerationRequest.of("to be", max_chars=30, seed=7))[0]
+    bad = batch.add(GenerationRequest.of("xx", max_chars=30, seed=7, top_p=BAD_TOP_P))[0]
+    good_b = batch.add(GenerationRequest.of("or not", max_chars=30, seed=7))[0]
     run(batch)
     assert bad.finish_reason == FINISH_ERROR and isinstance(bad.error, OverflowError)
     assert [good_a.text, good_b.text] == solo_texts

@@ -1,6 +1,6 @@
 """The training loop.
 
-Truncated backpropagation through time over contiguous streams (`charnet.data.Streams`):
+Truncated backpropagation through time over contiguous streams (`charnet.training.data.Streams`):
 the recurrent state is carried, detached, from one window to the next and reset at the
 start of every epoch. AdamW with decoupled weight decay on matrices, global-norm
 gradient clipping, linear warmup then cosine decay. Validation every `eval_every` steps,
@@ -31,13 +31,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from charnet.checkpoint import Checkpoint, ResumeState, recover, save_checkpoint
 from charnet.config import ModelConfig, TrainConfig
-from charnet.data import EncodedCorpus, EvalStreams, Streams
+from charnet.training.data import EncodedCorpus, EvalStreams, Streams
 from charnet.device import native_bf16, resolve_device
-from charnet.distributed import Dist
+from charnet.training.distributed import Dist
 from charnet.errors import CharnetError, ConfigError
-from charnet.evaluation import autocast_for, evaluate
+from charnet.training.evaluation import autocast_for, evaluate
 from charnet.model import CharRNN, detach_state
-from charnet.monitor import Monitor, bits
+from charnet.training.monitor import Monitor
+from charnet.units import bits
 
 RUN_FILES = ("best", "last", "metrics.jsonl", "loss.png", "tensorboard")
 
@@ -254,7 +255,7 @@ class Trainer:
 
     def close(self) -> None:
         """Drop the DDP wrapper, which holds the process group, before it is destroyed
-        (see `charnet.distributed.shutdown`)."""
+        (see `charnet.training.distributed.shutdown`)."""
         self.net = self.model
         if self.cfg.compile:
             torch._dynamo.reset()  # its caches hold the compiled module, and so the wrapper

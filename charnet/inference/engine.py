@@ -7,8 +7,8 @@
         print(piece, end="", flush=True)
     model.score("To be, or not to be").bits_per_char
 
-An `Engine` owns the model, its single-step kernel (`charnet.kernel`), and a prompt-state
-cache (`charnet.prompt_cache`). `generate` and `stream` run a `charnet.batch.Batch` to
+An `Engine` owns the model, its single-step kernel (`charnet.inference.kernel`), and a prompt-state
+cache (`charnet.inference.prompt_cache`). `generate` and `stream` run a `charnet.inference.batch.Batch` to
 completion; a server drives its own long-lived batch with `new_batch`. Calls from
 several threads are serialised by `lock`, which also guards the kernel's buffers.
 """
@@ -18,22 +18,23 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence as Seq
+from typing import Iterator
 
 import torch
 
-from charnet.batch import Batch
+from charnet.inference.batch import Batch
 from charnet.checkpoint import Checkpoint, find, load_checkpoint
-from charnet.generation import CharLogprob, Sequence
-from charnet.kernel import StepKernel
-from charnet.prompt_cache import DEFAULT_MAX_BYTES, PromptCache
-from charnet.request import GenerationRequest
-from charnet.sampling import SamplingParams
-from charnet.scoring import Score, score_ids
+from charnet.device import resolve_device
+from charnet.errors import ConfigError
+from charnet.inference.generation import CharLogprob, Sequence
+from charnet.inference.kernel import StepKernel
+from charnet.inference.prompt_cache import DEFAULT_MAX_BYTES, PromptCache
+from charnet.inference.request import GenerationRequest
+from charnet.inference.scoring import Score, score_ids
 from charnet.tokenizer import Vocab
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Completion:
     """One generated sequence."""
 
@@ -63,8 +64,9 @@ class Completion:
 
 
 def _completion(seq: Sequence) -> Completion:
-    return Completion(seq.text, seq.finish_reason or "", seq.seed, seq.prompt_tokens, seq.generated,
-                      seq.unknown_prompt_chars, seq.logprobs)
+    return Completion(text=seq.text, finish_reason=seq.finish_reason or "", seed=seq.seed,
+                      prompt_tokens=seq.prompt_tokens, completion_tokens=seq.generated,
+                      unknown_prompt_chars=seq.unknown_prompt_chars, logprobs=seq.logprobs)
 
 
 class Engine:
@@ -78,6 +80,16 @@ class Engine:
         self.kernel = StepKernel(self.model)
         self.cache = PromptCache(cache_bytes)
         self.lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path_or_name: str | Path, device: str | torch.device = "cpu", *,
+             cache_bytes: int = DEFAULT_MAX_BYTES) -> Engine:
+        """The one loader: the checkpoint at `path_or_name` (a directory, a run
+        directory, or a name under checkpoints/) on `device` (a torch device, or
+        ``auto``/``cpu``/``cuda``/``mps``), checked and ready to generate. `charnet.load`,
+        `charnet sample`, `charnet eval` and the server all load through it."""
+        dev = resolve_device(device) if isinstance(device, str) else device
+        return cls(load_checkpoint(find(path_or_name), dev), cache_bytes)
 
     @property
     def name(self) -> str:
@@ -94,25 +106,17 @@ class Engine:
 
     # -- generation -----------------------------------------------------------------------
 
-    @staticmethod
-    def request(prompt: str = "", *, max_chars: int = 256, temperature: float = 1.0, top_k: int = 0,
-                top_p: float = 1.0, repetition_penalty: float = 1.0, seed: int | None = None,
-                stop: str | Seq[str] = (), logprobs: int | None = None) -> GenerationRequest:
-        """Validate generation settings into a request (`ConfigError` names a bad field)."""
-        params = SamplingParams(temperature, top_k, top_p, repetition_penalty, seed)
-        return GenerationRequest(prompt, max_chars, params, (stop,) if isinstance(stop, str) else tuple(stop), logprobs)
-
     def generate(self, prompt: str = "", *, num_samples: int = 1, **settings) -> Completion | list[Completion]:
-        """Continue `prompt`. Settings as `request` (max_chars, temperature, top_k,
-        top_p, repetition_penalty, seed, stop, logprobs).
+        """Continue `prompt`. Settings are `GenerationRequest.of`'s: the fields of
+        `GenerationRequest` (max_chars, stop, logprobs, constraint) and of
+        `SamplingParams` (temperature, top_k, top_p, seed, ...).
 
         Returns a `Completion`, or with ``num_samples=n`` a list of n generated together
         as one batch; sample i uses seed ``seed + i``, so it equals the single run with
         that seed.
         """
-        request = self.request(prompt, **settings)
+        request = GenerationRequest.of(prompt, **settings)
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-            from charnet.errors import ConfigError
             raise ConfigError("num_samples", f"must be an integer >= 1, got {num_samples!r}")
         with self.lock:
             batch = self.new_batch()
@@ -128,7 +132,7 @@ class Engine:
     def stream(self, prompt: str = "", **settings) -> Iterator[str]:
         """Like `generate`, yielding the text as it is produced; the pieces joined
         equal `generate(...).text` with the same seed."""
-        request = self.request(prompt, **settings)
+        request = GenerationRequest.of(prompt, **settings)
         with self.lock:
             batch = self.new_batch()
             batch.add(request)
@@ -155,20 +159,14 @@ _LOAD_LOCK = threading.Lock()
 
 
 def load(path_or_name: str | Path, device: str | torch.device = "cpu") -> Engine:
-    """Load a checkpoint (a directory, a run directory, or a name under checkpoints/)
-    for generation. Loaded models are cached per checkpoint and device, and reloaded
-    when the checkpoint changes on disk."""
-    from charnet.device import resolve_device
-
+    """`Engine.open`, cached per checkpoint and device (the Python API's `charnet.load`):
+    a checkpoint that changes on disk is loaded again."""
     directory = find(path_or_name)
-    dev = resolve_device(device) if isinstance(device, str) else device
-    config = directory / "config.json"
-    key = (str(directory.resolve()), str(dev), config.stat().st_mtime)
+    key = (str(directory.resolve()), str(device), (directory / "config.json").stat().st_mtime)
     with _LOAD_LOCK:
         engine = _LOADED.get(key)
         if engine is None:
             for stale in [k for k in _LOADED if k[:2] == key[:2]]:
                 del _LOADED[stale]
-            engine = _LOADED[key] = Engine(load_checkpoint(directory, dev))
+            engine = _LOADED[key] = Engine.open(directory, device)
     return engine
-

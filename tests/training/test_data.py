@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import pytest
 
-from charnet import corpus as corpus_mod
-from charnet import data as data_mod
-from charnet.data import IGNORE, EvalStreams, Streams, load_corpus
-from charnet.distributed import Dist
+from charnet.training import corpus as corpus_mod
+from charnet.training import data as data_mod
+from charnet.training.data import IGNORE, EvalStreams, Streams, load_corpus
+from charnet.training.distributed import Dist
 from charnet.errors import CorpusError
 from charnet.tokenizer import Vocab
 from tests.conftest import UNICODE_TEXT
@@ -127,7 +127,7 @@ def test_memory_stays_flat_for_large_corpora(tmp_path):
     script = textwrap.dedent("""
         import resource, sys
         from pathlib import Path
-        from charnet.data import load_corpus
+        from charnet.training.data import load_corpus
         path = Path(sys.argv[1])
         line = "The quick brown fox jumps over the lazy dog; ¿qué? 漢字\\n"
         with open(path, "w", encoding="utf-8") as f:

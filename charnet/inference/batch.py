@@ -17,8 +17,8 @@ a row back while keeping the sequence's state, so it resumes later exactly where
 (a scheduler's fairness), and `cancel` ends one.
 
 A sequence's output does not depend on its neighbours: the kernel computes each row
-independently (see `charnet.kernel`), and its random draws are a pure function of its
-own seed and step count (see `charnet.sampling`). So a request served in a batch of 64,
+independently (see `charnet.inference.kernel`), and its random draws are a pure function of its
+own seed and step count (see `charnet.inference.sampling`). So a request served in a batch of 64,
 suspended and resumed, yields exactly what it yields alone. One row's failure while
 sampling (its settings, its logprobs, its text) ends that sequence only.
 """
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from charnet.generation import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, CharLogprob, Piece, Sequence,
+from charnet.inference.generation import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, CharLogprob, Piece, Sequence,
                                 Snapshot)
-from charnet.kernel import StepKernel
-from charnet.prompt_cache import PromptCache
-from charnet.request import GenerationRequest
-from charnet.sampling import REPETITION_WINDOW, BatchParams, choose, uniform
+from charnet.inference.kernel import StepKernel
+from charnet.inference.prompt_cache import PromptCache
+from charnet.inference.request import GenerationRequest
+from charnet.inference.sampling import REPETITION_WINDOW, BatchParams, choose, uniform
 from charnet.tokenizer import Vocab
 
 
@@ -87,7 +87,7 @@ class Batch:
     def add(self, request: GenerationRequest, count: int = 1) -> list[Sequence]:
         """`count` sequences of `request`, without rows: the first primes the prompt, the
         others fork from it when it is primed (their seeds derived as in
-        `charnet.sampling.derive_seed`)."""
+        `charnet.inference.sampling.derive_seed`)."""
         request.check_vocab(self.vocab.size)
         leader = Sequence(request, self.vocab)
         seqs = [leader] + [leader.sibling(i, self.vocab) for i in range(1, count)]
@@ -244,7 +244,7 @@ class Batch:
                 self._fork(seq)
         except Exception as e:
             self._end(seq, FINISH_ERROR, e)
-            return [Piece(seq, "", [], FINISH_ERROR)]
+            return [Piece(seq=seq, text="", logprobs=[], finish_reason=FINISH_ERROR)]
         return []
 
     def _prime_alone(self, seq: Sequence) -> list[Piece]:
@@ -288,7 +288,7 @@ class Batch:
                 piece = seq._accept(token, self.vocab.piece(token), info)
             except Exception as e:  # one sequence's failure must not take the batch down
                 seq.error, seq.finish_reason = e, FINISH_ERROR
-                piece = Piece(seq, "", [], FINISH_ERROR)
+                piece = Piece(seq=seq, text="", logprobs=[], finish_reason=FINISH_ERROR)
             pieces.append(piece)
             if seq.finished:
                 done.append(seq)
@@ -333,5 +333,5 @@ class Batch:
                 out.append(None)
                 continue
             top = [(self.vocab.display(i), v) for i, v in zip(top_i[r][:w], top_v[r][:w])] if w else []
-            out.append(CharLogprob(self.vocab.display(token), chosen[r], top))
+            out.append(CharLogprob(text=self.vocab.display(token), logprob=chosen[r], top=top))
         return out

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from charnet.config import ModelConfig, TrainConfig
-from charnet.data import load_corpus
+from charnet.config import CELLS, ModelConfig, TrainConfig
+from charnet.training.data import load_corpus
 from charnet.device import native_bf16
-from charnet.training import Trainer, lr_at
+from charnet.training.trainer import Trainer, lr_at
 from tests.conftest import BUNDLED, TINY, assert_clean_error, run_cli
 
 
@@ -32,7 +32,7 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "peephole", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_every_cell_trains_and_learns(small_corpus, tmp_path, cell):
     """150 steps of a one-layer model take seconds and get far below the unigram entropy:
     the model has learned which characters follow which, not just their frequencies."""
@@ -197,8 +197,8 @@ def test_best_is_chosen_on_one_set_and_only_saved_checkpoints_are_listed(small_c
     every earlier evaluation, so best/ is never worse than last/ on them; the report
     names only the checkpoints that exist."""
     from charnet.checkpoint import load_checkpoint
-    from charnet.data import EvalStreams
-    from charnet.evaluation import evaluate
+    from charnet.training.data import EvalStreams
+    from charnet.training.evaluation import evaluate
 
     out = tmp_path / "run"
     result = run_cli("train", small_corpus, *TINY, "--max-steps", "50", "--eval-every", "20", "--eval-chars", "3000",

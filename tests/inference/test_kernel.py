@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charnet.config import ModelConfig
+from charnet.config import CELLS, ModelConfig
 from charnet.device import native_bf16
-from charnet.kernel import StepKernel
+from charnet.inference.kernel import StepKernel
 from charnet.model import CharRNN
 
 V, T = 23, 40
-CELLS = ["rnn", "lstm", "peephole", "gru"]
 PRECISIONS = ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
     not native_bf16(torch.device("cpu")), reason="this CPU has no native bfloat16 products"))]
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from charnet.errors import ConfigError
-from charnet.sampling import (BatchParams, SamplingParams, apply_repetition_penalty, choose, derive_seed, draw,
+from charnet.inference.sampling import (BatchParams, SamplingParams, apply_repetition_penalty, choose, derive_seed, draw,
                               keep_mask, uniform)
 
 V = 6

@@ -15,10 +15,10 @@ import torch
 
 from charnet.model import CharRNN
 
-LN2 = math.log(2)
+from charnet.units import LN2
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Score:
     """How well a model predicts a text, character by character."""
 
@@ -89,8 +89,9 @@ class Scorer:
 
     def result(self) -> Score:
         if not self.k:
-            return Score(self.out.cpu().numpy(), self.n, self.unknown)
-        return Score(self.out.cpu().numpy(), self.n, self.unknown, self.top_i.cpu().numpy(), self.top_v.cpu().numpy())
+            return Score(logprobs=self.out.cpu().numpy(), tokens=self.n, unknown=self.unknown)
+        return Score(logprobs=self.out.cpu().numpy(), tokens=self.n, unknown=self.unknown,
+                     top_ids=self.top_i.cpu().numpy(), top_logprobs=self.top_v.cpu().numpy())
 
 
 def score_ids(model: CharRNN, ids: np.ndarray, device: torch.device | str = "cpu", *, unknown: int = 0,
