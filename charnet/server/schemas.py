@@ -8,6 +8,7 @@ strict (no "1" for 1, no true for 1), so a wrong type is a 400 naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -15,6 +16,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from charnet.config import MAX_VOCAB
 from charnet.errors import ConfigError
+from charnet.inference.sampling import SamplingParams
 from charnet.inference.request import MAX_CHARS, MAX_LOGPROBS, GenerationRequest, lone_surrogate
 from charnet.server.errors import APIError
 from charnet.server.settings import MAX_N
@@ -127,12 +129,38 @@ def _engine_request(prompt: str, names: Mapping[str, str], **settings: Any) -> G
         raise APIError(400, f"{param}: {e.message}", param=param, code="invalid_value") from None
 
 
+class _Sampling(_Request):
+    """The sampling controls both generation endpoints share. Each is the
+    `SamplingParams` field of the same name (its docstring is the reference); null or
+    omitted takes that field's default."""
+
+    temperature: Optional[float] = Field(None, ge=0, allow_inf_nan=False, description="Sampling temperature; 0 is "
+                                         "greedy. Default 1.")
+    top_k: Optional[int] = Field(None, ge=0, le=MAX_VOCAB, description="Sample among the k most likely characters "
+                                 "only, at most the model's vocabulary size; 0 (the default) is off.",
+                                 json_schema_extra=limit(value="vocab_size"))
+    top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass in (0, 1]; 1 (the default) "
+                                                                 "is off.")
+    repetition_penalty: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
+                                                description="Above 1 discourages the characters of the last 64; 1 "
+                                                            "(the default) is off.")
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed of the draws: the same seed gives the "
+                                                                     "same text. Random when omitted (returned).")
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling settings this request sets, by `SamplingParams` field name."""
+        return {name: value for name in _SAMPLING if (value := getattr(self, name, None)) is not None}
+
+
+_SAMPLING = tuple(f.name for f in dataclasses.fields(SamplingParams))
+
+
 class StreamOptions(_Request):
     include_usage: bool = Field(False, description="Send one more chunk before `[DONE]` with the usage of the "
                                                    "whole request and an empty `choices`.")
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(_Sampling):
     """OpenAI legacy completions request (`POST /v1/completions`). OpenAI's `best_of` is
     not supported: a request that sets it to anything but n is refused."""
 
@@ -153,15 +181,10 @@ class CompletionRequest(_Request):
     max_tokens: Optional[int] = Field(16, ge=0, le=MAX_CHARS, description="Characters to generate at most (bytes "
                                       "for a byte-vocabulary model); at most the server's --max-chars-cap.",
                                       json_schema_extra=limit(value="max_chars_cap"))
-    temperature: Optional[float] = Field(1.0, ge=0, allow_inf_nan=False, description="Sampling temperature; 0 is "
-                                                                                      "greedy.")
-    top_p: Optional[float] = Field(1.0, gt=0, le=1, description="Nucleus sampling mass in (0, 1]; 1 is off.")
     n: Optional[int] = Field(1, ge=1, le=MAX_N, description="Choices per prompt; choice i uses seed + i. At most "
                              "the server's --max-n.", json_schema_extra=limit(value="max_n"))
     stop: Stop = Field(None, description=f"Up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters; "
                                          "generation ends before the first one appears, which is not returned.")
-    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed of the draws: the same seed gives the "
-                                                                     "same text. Random when omitted.")
     stream: Optional[bool] = Field(False, description="Stream `text/event-stream` chunks (`data: {...}`), "
                                                       "ending with `data: [DONE]`.")
     stream_options: Optional[StreamOptions] = Field(None, description="Streaming options.")
@@ -171,12 +194,6 @@ class CompletionRequest(_Request):
                                                 "response may hold at most --max-response-tokens entries: "
                                                 "choices x (echoed prompt + max_tokens) x (1 + logprobs).")
     echo: Optional[bool] = Field(False, description="Return the prompt before the completion.")
-    top_k: Optional[int] = Field(None, ge=0, le=MAX_VOCAB, description="charnet extra: sample among the k most "
-                                 "likely characters only, at most the model's vocabulary size; 0 is off.",
-                                 json_schema_extra=limit(value="vocab_size"))
-    repetition_penalty: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
-                                                description="charnet extra: above 1 discourages the characters of "
-                                                            "the last 64; 1 is off.")
     # Accepted for compatibility, with only their neutral values (the schema says which).
     frequency_penalty: Optional[float] = Field(None, ge=0, le=0, description="Only 0 is supported; use "
                                                                              "repetition_penalty.")
@@ -199,9 +216,8 @@ class CompletionRequest(_Request):
         max_tokens = min(16, limits["max_chars_cap"]) if self.max_tokens is None else self.max_tokens
         response_budget(n, [max_tokens + (len(p) if self.echo else 0) for p in prompts], self.logprobs, budget,
                         "n x (echoed prompt + max_tokens) x (1 + logprobs), over the prompts,")
-        return [(_engine_request(p, {"max_chars": "max_tokens"}, max_chars=max_tokens, temperature=self.temperature,
-                                 top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
-                                 seed=self.seed, stop=self.stop, logprobs=self.logprobs), n)
+        return [(_engine_request(p, {"max_chars": "max_tokens"}, max_chars=max_tokens, stop=self.stop,
+                                 logprobs=self.logprobs, **self.sampling()), n)
                 for p in prompts]
 
 
@@ -243,7 +259,7 @@ class CompletionResponse(BaseModel):
     usage: Optional[Usage] = None
 
 
-class GenerateRequest(_Request):
+class GenerateRequest(_Sampling):
     """charnet's native request (`POST /v1/generate`)."""
 
     model: Optional[str] = Field(None, description="Model name; may be omitted when the server has one model.")
@@ -252,13 +268,6 @@ class GenerateRequest(_Request):
                         json_schema_extra=limit(length="max_prompt_chars"))
     length: int = Field(256, ge=0, le=MAX_CHARS, description="Characters to generate at most (at most the server's "
                         "--max-chars-cap).", json_schema_extra=limit(value="max_chars_cap"))
-    temperature: float = Field(1.0, ge=0, allow_inf_nan=False, description="Sampling temperature; 0 is greedy.")
-    top_k: int = Field(0, ge=0, le=MAX_VOCAB, description="Sample among the k most likely characters only, at most "
-                       "the model's vocabulary size; 0 is off.", json_schema_extra=limit(value="vocab_size"))
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass in (0, 1]; 1 is off.")
-    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False, description="Above 1 discourages recent "
-                                                                                  "characters; 1 is off.")
-    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed; random when omitted (returned).")
     stop: Stop = Field(None, description=f"Up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters that end "
                                          "generation (not returned).")
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
@@ -271,10 +280,8 @@ class GenerateRequest(_Request):
         """The request to generate; a 400 for anything the server refuses."""
         self.check_limits(limits)
         response_budget(1, [self.length], self.logprobs, budget, "length x (1 + logprobs)")
-        return _engine_request(self.prompt, {"max_chars": "length"}, max_chars=self.length,
-                               temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                               repetition_penalty=self.repetition_penalty, seed=self.seed, stop=self.stop,
-                               logprobs=self.logprobs)
+        return _engine_request(self.prompt, {"max_chars": "length"}, max_chars=self.length, stop=self.stop,
+                               logprobs=self.logprobs, **self.sampling())
 
 
 class CharLogprobOut(BaseModel):
