@@ -33,6 +33,8 @@ def sample(
     top_k: Annotated[int, Opt(help="Sample among the k most likely characters only (0: off).")] = P.top_k,
     top_p: Annotated[float, Opt(help="Nucleus sampling: the most likely characters covering this probability, "
                                      "in (0, 1] (1: off).")] = P.top_p,
+    min_p: Annotated[float, Opt(help="Only characters at least this fraction as likely as the most likely one, "
+                                     "in [0, 1] (0: off).")] = P.min_p,
     repetition_penalty: Annotated[float, Opt(help="Above 1 discourages the characters of the last 64 (1: off).")] = P.repetition_penalty,
     seed: Annotated[Optional[int], Opt(help="Seed: the same seed gives the same text. [default: random, printed "
                                             "on stderr]", show_default=False)] = None,
@@ -49,7 +51,7 @@ def sample(
     from charnet.inference.request import GenerationRequest
 
     try:
-        settings = dict(max_chars=length, temperature=temperature, top_k=top_k, top_p=top_p,
+        settings = dict(max_chars=length, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                         repetition_penalty=repetition_penalty, seed=seed,
                         stop=[unescape(s) for s in stop or []])
         if num_samples < 1:

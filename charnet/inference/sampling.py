@@ -1,8 +1,9 @@
 """Choosing the next character from logits: pure functions over (B, V) tensors.
 
 Every control works per row, so one batch can hold requests with different settings:
-repetition penalty, then temperature, then top-k, then top-p (the order of Hugging Face's
-generate), then a draw by inverse CDF over the surviving tokens in vocabulary order.
+repetition penalty, then temperature, then the filters top-k, top-p and min-p, each
+judged on the same tempered distribution and intersected (the most likely token always
+survives), then a draw by inverse CDF over the surviving tokens in vocabulary order.
 
 Randomness is counter-based: the uniform number behind the draw at generation step t of
 a sequence with seed s is ``uniform(s, t)``, a pure function (SplitMix64) of the two. No
@@ -45,6 +46,10 @@ class SamplingParams:
     """Sample among the most likely characters whose probabilities sum to at least p
     (nucleus sampling), in (0, 1]; 1 turns it off."""
 
+    min_p: float = 0.0
+    """Sample only among characters at least this fraction as likely as the most likely
+    one (after temperature), in [0, 1]; 0 turns it off."""
+
     repetition_penalty: float = 1.0
     """Above 1 discourages characters among the last `REPETITION_WINDOW` (positive
     logits divided by it, negative ones multiplied, as in CTRL); 1 turns it off."""
@@ -59,6 +64,8 @@ class SamplingParams:
             raise ConfigError("top_k", f"must be an integer in [0, {MAX_VOCAB}], got {self.top_k!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise ConfigError("top_p", f"must be in (0, 1], got {self.top_p!r}")
+        if not (isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1):
+            raise ConfigError("min_p", f"must be in [0, 1], got {self.min_p!r}")
         if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
                 and self.repetition_penalty > 0):
             raise ConfigError("repetition_penalty", f"must be a number > 0, got {self.repetition_penalty!r}")
@@ -96,6 +103,7 @@ class BatchParams:
     temperature: Tensor  # (B, 1) float32
     top_k: Tensor  # (B, 1) int64, V where off
     top_p: Tensor  # (B, 1) float32
+    min_p: Tensor  # (B, 1) float32
     penalty: Tensor  # (B, 1) float32
     greedy: Tensor  # (B,) bool
     any_penalty: bool
@@ -113,10 +121,11 @@ class BatchParams:
             temperature=col([p.temperature if p.temperature > 0 else 1.0 for p in params], torch.float32),
             top_k=col([p.top_k if p.top_k > 0 else vocab_size for p in params], torch.int64),
             top_p=col([p.top_p for p in params], torch.float32),
+            min_p=col([p.min_p for p in params], torch.float32),
             penalty=col([p.repetition_penalty for p in params], torch.float32),
             greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
             any_penalty=any(p.repetition_penalty != 1.0 for p in params),
-            any_filter=any(0 < p.top_k < vocab_size or p.top_p < 1.0 for p in params),
+            any_filter=any(0 < p.top_k < vocab_size or p.top_p < 1.0 or p.min_p > 0 for p in params),
             any_greedy=any(greedy),
             all_greedy=all(greedy),
         )
@@ -129,13 +138,13 @@ def apply_repetition_penalty(logits: Tensor, recent: Tensor, penalty: Tensor) ->
 
 
 def keep_mask(probs: Tensor, params: BatchParams) -> Tensor:
-    """Which tokens survive top-k and top-p, in vocabulary order (B, V) bool: the k most
-    likely, and the most likely whose mass before them is under p. The most likely
-    token always survives."""
+    """Which tokens survive top-k, top-p and min-p, in vocabulary order (B, V) bool: the
+    k most likely, the most likely whose mass before them is under p, and those at least
+    min_p times as likely as the most likely. The most likely token always survives."""
     sorted_probs, ids = probs.sort(dim=-1, descending=True, stable=True)
     rank = torch.arange(probs.shape[-1], device=probs.device)
     before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the more likely tokens
-    keep = (rank < params.top_k) & (before < params.top_p)
+    keep = (rank < params.top_k) & (before < params.top_p) & (sorted_probs >= params.min_p * sorted_probs[:, :1])
     keep[:, 0] = True
     return torch.zeros_like(keep).scatter_(1, ids, keep)
 

@@ -141,6 +141,8 @@ class _Sampling(_Request):
                                  json_schema_extra=limit(value="vocab_size"))
     top_p: Optional[float] = Field(None, gt=0, le=1, description="Nucleus sampling mass in (0, 1]; 1 (the default) "
                                                                  "is off.")
+    min_p: Optional[float] = Field(None, ge=0, le=1, description="Sample only among characters at least this "
+                                   "fraction as likely as the most likely one; 0 (the default) is off.")
     repetition_penalty: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
                                                 description="Above 1 discourages the characters of the last 64; 1 "
                                                             "(the default) is off.")

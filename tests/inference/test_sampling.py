@@ -20,8 +20,8 @@ def batch(**kw) -> BatchParams:
     return BatchParams.of([SamplingParams(**kw)], V)
 
 
-def kept(**kw) -> set[int]:
-    probs = torch.softmax(LOGITS, -1)
+def kept(temperature: float = 1.0, **kw) -> set[int]:
+    probs = torch.softmax(LOGITS / temperature, -1)
     return {int(i) for i in keep_mask(probs, batch(**kw))[0].nonzero()}
 
 
@@ -37,6 +37,21 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert kept(top_p=0.86) == {0, 1, 2, 3}  # 0.85 falls short, 0.95 reaches it
     assert kept(top_p=1e-9) == {0}  # the most likely always stays
     assert kept(top_p=1.0) == set(range(V))
+
+
+def test_min_p_keeps_what_is_at_least_that_fraction_of_the_top():
+    # probabilities 0.4, 0.3, 0.15, 0.1, 0.04, 0.01: a floor of min_p x 0.4
+    assert kept(min_p=0.5) == {0, 1}  # floor 0.2
+    assert kept(min_p=0.25) == {0, 1, 2, 3}  # floor 0.1: 0.1 itself stays
+    assert kept(min_p=1.0) == {0}
+    assert kept(min_p=0.0) == set(range(V))
+    assert kept(min_p=0.3) == {0, 1, 2}
+    assert kept(min_p=0.3, temperature=2.0) == {0, 1, 2, 3, 4}  # judged after temperature
+
+
+def test_min_p_draws_follow_the_renormalised_floor():
+    torch.testing.assert_close(frequencies(min_p=0.3), torch.tensor([0.4, 0.3, 0.15, 0, 0, 0]).double() / 0.85,
+                               atol=0.012, rtol=0)
 
 
 def frequencies(n: int = 20_000, **kw) -> torch.Tensor:
@@ -105,6 +120,7 @@ def test_derived_seeds():
 
 @pytest.mark.parametrize("field,value", [
     ("temperature", -0.1), ("temperature", math.nan), ("top_k", -1), ("top_k", 1.5), ("top_p", 0.0), ("top_p", 1.01),
+    ("min_p", -0.1), ("min_p", 1.5),
     ("repetition_penalty", 0.0), ("repetition_penalty", -1.0), ("seed", -1), ("seed", 2**63), ("seed", True),
 ])
 def test_invalid_params_name_their_field(field, value):

@@ -13,9 +13,11 @@ let running = null; // the AbortController of the generation in progress
 
 // -- errors and status -------------------------------------------------------------------
 
+// The sampling controls: each is a number input whose id is the request field it sends.
+const SAMPLING = ["temperature", "top_p", "top_k", "min_p", "seed"];
 // The request fields each input sends (a 400 names the field; we mark that input).
 const FIELDS = { max_tokens: "length", stop: "stop-at", model: "model", prompt: "prompt", text: "score-text",
-  temperature: "temperature", top_p: "top_p", top_k: "top_k", seed: "seed" };
+  ...Object.fromEntries(SAMPLING.map((name) => [name, name])) };
 
 function clearError() {
   $("alert").textContent = "";
@@ -89,7 +91,7 @@ function generationRequest() {
   const stop = unescape($("stop-at").value);
   return {
     model: $("model").value || undefined, prompt: $("prompt").value, max_tokens: number("length"),
-    temperature: number("temperature"), top_p: number("top_p"), top_k: number("top_k"), seed: number("seed"),
+    ...Object.fromEntries(SAMPLING.map((name) => [name, number(name)])),
     stop: stop ? [stop] : undefined, logprobs: ALTERNATIVES, stream: true,
   };
 }
