@@ -28,7 +28,7 @@ _BOM = codecs.BOM_UTF8
 
 def bundled_corpus() -> Path:
     """`corpora/shakespeare.txt` of a source checkout (the default training corpus)."""
-    return Path(__file__).resolve().parent.parent / "corpora" / "shakespeare.txt"
+    return Path(__file__).resolve().parents[2] / "corpora" / "shakespeare.txt"
 
 
 def _sniff(path: Path) -> str | None:
