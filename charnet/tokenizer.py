@@ -163,6 +163,16 @@ class Vocab:
             return "".join(tokens[int(i)] for i in ids)
         return b"".join(self._pieces[int(i)] for i in ids).decode("utf-8", "replace")
 
+    def token_id(self, char: str) -> int | None:
+        """The id of the token that is exactly `char` (for bytes, an ASCII character),
+        or None if the vocabulary has none."""
+        if self.kind == "byte":
+            return ord(char) if len(char) == 1 and ord(char) < 128 else None
+        if len(char) != 1 or char == UNK:
+            return None
+        token = int(self._table[ord(char)])
+        return None if token == UNK_ID else token
+
     def piece(self, token_id: int) -> str | bytes:
         """One token's text (char vocabulary) or byte string (byte vocabulary)."""
         return self._pieces[token_id]
@@ -173,6 +183,10 @@ class Vocab:
         if self.kind == "char":
             return self._id_to_token[token_id]
         return chr(token_id) if token_id < 128 else f"bytes:\\x{token_id:02x}"
+
+    def listing(self) -> list[str]:
+        """Every token as `display` shows it, by id: what ``logit_bias`` ids refer to."""
+        return [self.display(i) for i in range(self.size)]
 
     def check(self, text: str) -> None:
         """Assert that the lookup table encodes `text` exactly as the tokenizer does."""

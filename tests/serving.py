@@ -221,10 +221,9 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def solo(checkpoint):
     """The trained model loaded on its own: what a request generates alone."""
-    from charnet.checkpoint import load_checkpoint
     from charnet.inference.engine import Engine
 
-    engine = Engine(load_checkpoint(checkpoint))
+    engine = Engine.open(checkpoint)
 
     def generate(prompt: str, **settings):
         return engine.generate(prompt, **settings)

@@ -59,6 +59,20 @@ def test_real_process_streams(tiny_model):
     (["--num-samples", "0"], ["--num-samples"]),
     (["--seed", "-3"], ["--seed"]),
     (["--top-k", "many"], ["--top-k", "integer"]),
+    (["--min-p", "1.5"], ["--min-p"]),
+    (["--typical-p", "0"], ["--typical-p"]),
+    (["--frequency-penalty", "3"], ["--frequency-penalty"]),
+    (["--presence-penalty", "-2.5"], ["--presence-penalty"]),
+    (["--logit-bias", "e"], ["--logit-bias", "CHAR=BIAS"]),
+    (["--logit-bias", "ee=1"], ["--logit-bias", "one character"]),
+    (["--logit-bias", "e=lots"], ["--logit-bias", "number"]),
+    (["--logit-bias", "e=101"], ["--logit-bias", "[-100, 100]"]),
+    (["--logit-bias", "{=5"], ["--logit-bias", "not a token"]),
+    (["--logit-bias", "id:9999=5"], ["--logit-bias", "vocabulary size"]),
+    (["--regex", "[a-"], ["--regex", "unclosed"]),
+    (["--regex", "a", "--choice", "b"], ["--regex", "--choice", "give one"]),
+    (["--json-schema", "/nonexistent.json"], ["--json-schema", "cannot read"]),
+    (["--choice", "{x}"], ["--choice", "can begin it"]),  # the tiny model has no braces
 ])
 def test_bad_values(capsys, tiny_model, args, fragments):
     assert_clean_error(cli(capsys, "sample", tiny_model, *args), *fragments)
@@ -86,3 +100,35 @@ def test_no_checkpoint_means_the_bundled_model(tmp_path):
 def test_out_of_range_values_are_one_line(capsys, args, option):
     result = cli(capsys, "sample", "-n", "5", *args)
     assert_clean_error(result, option)
+
+
+def test_constraint_options(capsys, tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object", "properties": {"age": {"type": "integer", "minimum": 18, "maximum": 80}},'
+                      ' "required": ["age"], "additionalProperties": false}', encoding="utf-8")
+    grammar = tmp_path / "greeting.lark"
+    grammar.write_text('start: ("Good morrow" | "Farewell") ", " NAME\nNAME: /[A-Z][a-z]+/\n', encoding="utf-8")
+    model = charnet.load("shakespeare")
+    runs = [(["--regex", "[A-Z][a-z]+ of [A-Z][a-z]+"], {"regex": "[A-Z][a-z]+ of [A-Z][a-z]+"}),
+            (["--json-schema", schema], {"json": schema.read_text(encoding="utf-8")}),
+            (["--grammar", grammar], {"grammar": grammar.read_text(encoding="utf-8")}),
+            (["--choice", "Ay", "--choice", "No, my lord"], {"choice": ["Ay", "No, my lord"]})]
+    for args, constraint in runs:
+        result = cli(capsys, "sample", "-p", "ROMEO:\n", "-n", "80", "--seed", "2", "--no-echo", *args)
+        assert result.returncode == 0, result.stderr
+        expected = model.generate("ROMEO:\n", max_chars=80, seed=2, constraint=constraint)
+        assert result.stdout == expected.text + "\n" and expected.finish_reason == "stop"
+
+
+def test_decoding_options(capsys, tiny_model):
+    args = ["--min-p", "0.05", "--typical-p", "0.9", "--frequency-penalty", "0.4", "--presence-penalty", "0.2",
+            "--logit-bias", "e=-100", "--logit-bias", "\\n=-100"]
+    result = cli(capsys, "sample", tiny_model, "-p", "A", "-n", "120", "--seed", "7", "--no-echo", *args)
+    assert result.returncode == 0, result.stderr
+    expected = charnet.load(tiny_model).generate("A", max_chars=120, seed=7, min_p=0.05, typical_p=0.9,
+                                                 frequency_penalty=0.4, presence_penalty=0.2,
+                                                 logit_bias={"e": -100, "\n": -100}).text
+    assert result.stdout == expected + "\n" and "e" not in expected and "\n" not in expected
+    e_id = charnet.load(tiny_model).vocab.token_id("e")
+    forced = cli(capsys, "sample", tiny_model, "-n", "10", "--seed", "1", "--no-echo", "--logit-bias", f"id:{e_id}=100")
+    assert forced.stdout == "e" * 10 + "\n"

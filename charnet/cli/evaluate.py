@@ -58,6 +58,10 @@ def eval_(
               file=sys.stderr)
 
 
+VOCAB_SHOWN = 128
+"""Token ids `charnet info` shows in its table (``--json`` lists every one)."""
+
+
 @app.command()
 def info(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory, run directory, or name under checkpoints/.")],
@@ -73,6 +77,7 @@ def info(
         "parameters": model.num_parameters(),
         "vocab_size": ckpt.vocab.size,
         "tokenizer": ckpt.vocab.kind,
+        "vocabulary": ckpt.vocab.listing(),
         **{k: cfg.get(k) for k in ("format_version", "charnet_version", "created", "dtype", "model", "training",
                                    "corpus", "metrics")},
     }
@@ -87,6 +92,9 @@ def info(
                            f"dropout {m.dropout}{', tied embeddings' if m.tie_embeddings else ''}")
     table.add_row("parameters", f"{summary['parameters']:,} (stored as {cfg.get('dtype', '?')})")
     table.add_row("vocabulary", f"{ckpt.vocab.size} ({ckpt.vocab.kind})")
+    shown = [f"{i}:{t!r}" for i, t in enumerate(summary["vocabulary"][:VOCAB_SHOWN])]
+    more = len(summary["vocabulary"]) - VOCAB_SHOWN
+    table.add_row("token ids", "  ".join(shown) + (f"  … {more:,} more (--json lists all)" if more > 0 else ""))
     corpus = cfg.get("corpus") or {}
     if corpus:
         chars = corpus.get("chars")

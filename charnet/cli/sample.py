@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -17,6 +18,8 @@ DEFAULT_MODEL = "shakespeare"
 """The bundled model under checkpoints/, used when no checkpoint is given."""
 
 P = SamplingParams()
+FLAGS = {"max_chars": "length", "json": "json_schema"}
+"""Settings whose option is named otherwise."""
 Opt = typer.Option
 
 
@@ -35,7 +38,25 @@ def sample(
                                      "in (0, 1] (1: off).")] = P.top_p,
     min_p: Annotated[float, Opt(help="Only characters at least this fraction as likely as the most likely one, "
                                      "in [0, 1] (0: off).")] = P.min_p,
+    typical_p: Annotated[float, Opt(help="Locally typical sampling: the characters closest to the expected "
+                                         "surprisal, as many as reach this mass, in (0, 1] (1: off).")] = P.typical_p,
     repetition_penalty: Annotated[float, Opt(help="Above 1 discourages the characters of the last 64 (1: off).")] = P.repetition_penalty,
+    frequency_penalty: Annotated[float, Opt(help="OpenAI's: subtract this from a character's logit per time it was "
+                                                 "generated, in [-2, 2] (0: off).")] = P.frequency_penalty,
+    presence_penalty: Annotated[float, Opt(help="OpenAI's: subtract this from the logit of every character "
+                                                "generated so far, in [-2, 2] (0: off).")] = P.presence_penalty,
+    logit_bias: Annotated[Optional[list[str]], Opt("--logit-bias", metavar="CHAR=BIAS", help="Add BIAS in "
+                          "[-100, 100] to a character's logit (repeatable): -100 bans it, 100 forces it. CHAR is one "
+                          "character (escapes such as \\n are understood) or id:N for token id N (charnet info "
+                          "lists them).", show_default=False)] = None,
+    regex: Annotated[Optional[str], Opt(help="Constrain the text to match this regular expression (Rust regex "
+                                             "syntax).", show_default=False)] = None,
+    json_schema: Annotated[Optional[Path], Opt("--json-schema", metavar="FILE", help="Constrain the text to JSON "
+                                               "matching the JSON Schema in FILE.", show_default=False)] = None,
+    grammar: Annotated[Optional[Path], Opt(metavar="FILE", help="Constrain the text to the context-free grammar in "
+                                           "FILE (Lark or GBNF).", show_default=False)] = None,
+    choice: Annotated[Optional[list[str]], Opt("--choice", help="Constrain the text to one of these strings "
+                                               "(repeatable).", show_default=False)] = None,
     seed: Annotated[Optional[int], Opt(help="Seed: the same seed gives the same text. [default: random, printed "
                                             "on stderr]", show_default=False)] = None,
     num_samples: Annotated[int, Opt("--num-samples", help="Samples to generate together; sample i uses seed + i.")] = 1,
@@ -52,15 +73,18 @@ def sample(
 
     try:
         settings = dict(max_chars=length, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                        repetition_penalty=repetition_penalty, seed=seed,
+                        typical_p=typical_p, repetition_penalty=repetition_penalty,
+                        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                        logit_bias=_bias(logit_bias or []), seed=seed,
+                        constraint=_constraint(regex=regex, json=json_schema, grammar=grammar, choice=choice),
                         stop=[unescape(s) for s in stop or []])
         if num_samples < 1:
             raise ConfigError("num_samples", f"must be at least 1, got {num_samples}")
         request = GenerationRequest.of(prompt, **settings)
     except ConfigError as e:
-        raise ConfigError({"max_chars": "length"}.get(e.field, e.field), e.message) from None
+        raise ConfigError(FLAGS.get(e.field, e.field), e.message) from None
     engine = load(checkpoint, device.value)
-    request.check_vocab(engine.vocab.size)  # before anything is printed
+    request.for_vocab(engine.vocab)  # before anything is printed
     unknown = engine.vocab.unknown_chars(prompt)
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
@@ -90,3 +114,42 @@ def sample(
     if seed is None:
         print(f"seed: {settings['seed']}", file=sys.stderr)
 
+
+
+def _bias(items: list[str]) -> dict[int | str, float]:
+    """--logit-bias CHAR=BIAS (or id:N=BIAS) options as a `logit_bias` mapping."""
+    bias: dict[int | str, float] = {}
+    for item in items:
+        key, sep, value = item.rpartition("=")
+        if not sep or not key:
+            raise ConfigError("logit_bias", f"expected CHAR=BIAS or id:N=BIAS, got {item!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ConfigError("logit_bias", f"bias must be a number, got {value!r}") from None
+        if key.startswith("id:") and key[3:].isdigit():
+            bias[int(key[3:])] = number
+        else:
+            char = unescape(key)
+            if len(char) != 1:
+                raise ConfigError("logit_bias", f"expected one character or id:N before '=', got {key!r}")
+            bias[char] = number
+    return bias
+
+
+def _constraint(**given: str | Path | list[str] | None) -> dict | None:
+    """The constraint options (at most one) as a `constraint` setting; files read here."""
+    chosen = {name: value for name, value in given.items() if value}
+    if len(chosen) > 1:
+        first, *others = (FLAGS.get(name, name) for name in chosen)
+        raise ConfigError(first, f"and {', '.join('--' + o.replace('_', '-') for o in others)} constrain the text "
+                                 "in different ways; give one")
+    if not chosen:
+        return None
+    (name, value), = chosen.items()
+    if isinstance(value, Path):
+        try:
+            value = value.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(FLAGS.get(name, name), f"cannot read {value}: {getattr(e, 'strerror', None) or e}") from None
+    return {name: value}

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from charnet.errors import ConfigError
+from charnet.inference.constraints import Masks
 from charnet.inference.generation import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, CharLogprob, Piece, Sequence,
                                 Snapshot)
 from charnet.inference.kernel import StepKernel
@@ -55,6 +57,7 @@ class Batch:
         self.state: tuple[Tensor, ...] = ()
         self.logits = torch.empty(0)
         self.recent = torch.empty(0)
+        self.counts = torch.empty(0)  # (rows, V): how often each row generated each token
         self._params: BatchParams | None = None  # of the sampling rows, until rows change
 
     def __len__(self) -> int:
@@ -76,19 +79,21 @@ class Batch:
         state = self.kernel.zero_state(rows)
         logits = torch.zeros(rows, self.kernel.vocab_size, device=self.kernel.device)
         recent = torch.zeros(rows, self.kernel.vocab_size, device=self.kernel.device)
+        counts = torch.zeros(rows, self.kernel.vocab_size, device=self.kernel.device)
         self.feed = torch.zeros(rows, dtype=torch.int64, device=self.kernel.device)  # tokens to feed (pads: 0)
         if self._rows:
             for new, old in zip(state, self.state):
                 new[:, :keep] = old[:, :keep]
             logits[:keep] = self.logits[:keep]
             recent[:keep] = self.recent[:keep]
-        self.state, self.logits, self.recent, self._rows = state, logits, recent, rows
+            counts[:keep] = self.counts[:keep]
+        self.state, self.logits, self.recent, self.counts, self._rows = state, logits, recent, counts, rows
 
     def add(self, request: GenerationRequest, count: int = 1) -> list[Sequence]:
         """`count` sequences of `request`, without rows: the first primes the prompt, the
         others fork from it when it is primed (their seeds derived as in
         `charnet.inference.sampling.derive_seed`)."""
-        request.check_vocab(self.vocab.size)
+        request = request.for_vocab(self.vocab)
         leader = Sequence(request, self.vocab)
         seqs = [leader] + [leader.sibling(i, self.vocab) for i in range(1, count)]
         if request.max_chars == 0:
@@ -122,10 +127,11 @@ class Batch:
         for dst, src in zip(self.state, state):
             dst[:, seq.row] = src[:, 0]
         self.logits[seq.row] = logits
-        self.recent[seq.row].zero_()
-        if seq.recent:
-            self.recent[seq.row].index_add_(0, torch.tensor(seq.recent, device=self.recent.device),
-                                            torch.ones(len(seq.recent), device=self.recent.device))
+        for table, tokens in ((self.recent, seq.recent), (self.counts, seq.tokens)):
+            table[seq.row].zero_()
+            if tokens:
+                table[seq.row].index_add_(0, torch.tensor(tokens, device=table.device),
+                                          torch.ones(len(tokens), device=table.device))
         self._params = None
         if not seq.priming:
             self._fork(seq)
@@ -180,6 +186,7 @@ class Batch:
                     t[:, seq.row] = t[:, last]
                 self.logits[seq.row] = self.logits[last]
                 self.recent[seq.row] = self.recent[last]
+                self.counts[seq.row] = self.counts[last]
                 moved.row = seq.row
                 self.seqs[seq.row] = moved
             self.seqs.pop()
@@ -262,18 +269,20 @@ class Batch:
         it into text: (pieces, the sequences that finished, the tokens as a tensor when
         every row sampled one). A row whose sampling raises ends with FINISH_ERROR."""
         rows = [s.row for s in seqs]
+        masks = Masks.of(seqs, self.vocab, self.kernel.device)
         try:
             if self._params is None:
                 self._params = BatchParams.of([s.request.params for s in seqs], self.kernel.vocab_size,
                                               self.kernel.device)
-            tokens, infos = self._draw(rows, seqs, self._params)
+            tokens, infos = self._draw(rows, seqs, self._params, masks.allowed)
             token_list: list[int | None] = tokens.tolist()
         except Exception:  # find the row at fault: each row draws what it draws in any batch
             self._params, tokens, token_list, infos = None, None, [], []
-            for row, seq in zip(rows, seqs):
+            for i, (row, seq) in enumerate(zip(rows, seqs)):
                 try:
                     params = BatchParams.of([seq.request.params], self.kernel.vocab_size, self.kernel.device)
-                    one, info = self._draw([row], [seq], params)
+                    allowed = None if masks.allowed is None else masks.allowed[i:i + 1]
+                    one, info = self._draw([row], [seq], params, allowed)
                     token_list.append(one.item())
                     infos += info
                 except Exception as e:
@@ -281,22 +290,33 @@ class Batch:
                     token_list.append(None)
                     infos.append(None)
         pieces, done = [], []
-        for seq, token, info in zip(seqs, token_list, infos):
+        for i, (seq, token, info) in enumerate(zip(seqs, token_list, infos)):
             try:
                 if token is None:
                     raise seq.error
-                piece = seq._accept(token, self.vocab.piece(token), info)
+                if i in masks.dead:
+                    raise ConfigError(seq.matcher.constraint.kind, "no character of the model's vocabulary can "
+                                      f"continue it after {seq.text[-40:]!r}")
+                if i in masks.may_end and not masks.may_end[i][token]:
+                    piece = seq.end_unmatched()
+                else:
+                    piece = seq._accept(token, self.vocab.piece(token), info)
             except Exception as e:  # one sequence's failure must not take the batch down
                 seq.error, seq.finish_reason = e, FINISH_ERROR
                 piece = Piece(seq=seq, text="", logprobs=[], finish_reason=FINISH_ERROR)
             pieces.append(piece)
             if seq.finished:
                 done.append(seq)
-            elif seq.request.params.repetition_penalty != 1.0:
+                continue
+            p = seq.request.params
+            if p.repetition_penalty != 1.0:
                 self._update_recent(seq, token)
+            if p.frequency_penalty or p.presence_penalty:
+                self.counts[seq.row, token] += 1
         return pieces, done, tokens
 
-    def _draw(self, rows: list[int], seqs: list[Sequence], params: BatchParams) -> tuple[Tensor, list]:
+    def _draw(self, rows: list[int], seqs: list[Sequence], params: BatchParams,
+              allowed: Tensor | None) -> tuple[Tensor, list]:
         """Tokens for `rows` from their pending logits, and their log-probability records."""
         n = len(self.seqs)
         every = len(rows) == n
@@ -306,10 +326,12 @@ class Batch:
             logits[:, self.vocab.unk_id] = float("-inf")
         seeds = np.fromiter((s.seed for s in seqs), dtype=np.uint64, count=len(seqs))
         steps = np.fromiter((s.generated for s in seqs), dtype=np.uint64, count=len(seqs))
-        recent = None
+        recent = counts = None
         if params.any_penalty:
             recent = self.recent[:n] if every else self.recent[rows]
-        tokens = choose(logits, params, uniform(seeds, steps), recent)
+        if params.any_count_penalty:
+            counts = self.counts[:n] if every else self.counts[rows]
+        tokens = choose(logits, params, uniform(seeds, steps), recent, counts, allowed)
         want = [s.request.logprobs for s in seqs]
         infos = self._logprobs(logits, tokens, want) if any(w is not None for w in want) else [None] * len(seqs)
         return tokens, infos

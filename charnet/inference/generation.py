@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
+from charnet.inference.constraints import Matcher, Utf8
 from charnet.inference.request import EMPTY_PROMPT, GenerationRequest
 from charnet.inference.sampling import REPETITION_WINDOW, derive_seed
 from charnet.inference.stops import StopMatcher
@@ -61,7 +62,8 @@ class Sequence:
 
     _ids = itertools.count()
 
-    def __init__(self, request: GenerationRequest, vocab: Vocab, encoded: np.ndarray | None = None) -> None:
+    def __init__(self, request: GenerationRequest, vocab: Vocab, encoded: np.ndarray | None = None,
+                 matcher: Matcher | None = None) -> None:
         if request.params.seed is None:
             request = dataclasses.replace(request, params=request.params.with_seed())
         self.id = next(self._ids)
@@ -90,12 +92,19 @@ class Sequence:
         self._held_logprobs: list[CharLogprob] = []
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if vocab.kind == "byte" else None
         self.error: Exception | None = None
+        if matcher is None and request.constraint is not None:
+            matcher = Matcher(request.constraint, vocab)
+        self.matcher = matcher
+        """Where the sequence stands in its constraint (None: unconstrained)."""
+        self.utf8: Utf8 | None = Utf8() if vocab.kind == "byte" else None
+        """Where a byte sequence stands in UTF-8 (None for characters)."""
 
     def sibling(self, index: int, vocab: Vocab) -> Sequence:
         """Sample `index` of this sequence's request: the same prompt (primed by this
         one), seed derived as in `charnet.inference.sampling.derive_seed`."""
         params = dataclasses.replace(self.request.params, seed=derive_seed(self.seed, index))
-        other = Sequence(dataclasses.replace(self.request, params=params), vocab, self.encoded)
+        other = Sequence(dataclasses.replace(self.request, params=params), vocab, self.encoded,
+                         self.matcher.copy() if self.matcher is not None else None)
         other.leader = self
         self.followers.append(other)
         return other
@@ -122,6 +131,10 @@ class Sequence:
         """Take one sampled token; return what can be shown of it."""
         self.generated += 1
         self.tokens.append(token)
+        if self.matcher is not None:
+            self.matcher.consume(token)
+        if self.utf8 is not None:
+            self.utf8.feed(token)
         if self._decoder is not None:
             piece = self._decoder.decode(piece, final=False)
         if logprob is not None:
@@ -129,12 +142,23 @@ class Sequence:
         text, stopped = self._stops.feed(piece)
         if stopped:
             self.finish_reason = FINISH_STOP
+        elif self.matcher is not None and self.matcher.done:
+            return self._close(text, FINISH_STOP)
         elif self.generated >= self.request.max_chars:
-            self.finish_reason = FINISH_LENGTH
-            if self._decoder is not None:
-                text += self._stops.feed(self._decoder.decode(b"", final=True))[0]
-            text += self._stops.flush()
+            return self._close(text, FINISH_LENGTH)
         return self._emit(text)
+
+    def end_unmatched(self) -> Piece:
+        """The model chose a character the constraint cannot take, where the constraint
+        may end: the sequence ends before that character (finish reason ``stop``)."""
+        return self._close("", FINISH_STOP)
+
+    def _close(self, text: str, reason: str) -> Piece:
+        """End with `reason`, showing what was held back (a stop string's possible start)."""
+        self.finish_reason = reason
+        if self._decoder is not None:
+            text += self._stops.feed(self._decoder.decode(b"", final=True))[0]
+        return self._emit(text + self._stops.flush())
 
     def _emit(self, text: str) -> Piece:
         # Log-probabilities go out with the text they belong to. A character token is

@@ -7,12 +7,15 @@ before any work is done, so nothing unchecked reaches the batched step.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from charnet.errors import ConfigError
+from charnet.inference.constraints import Constraint, Matcher, masks
 from charnet.inference.sampling import SamplingParams
 from charnet.inference.stops import MAX_STOP_CHARS, MAX_STOPS
+from charnet.tokenizer import Vocab
 
 MAX_CHARS = 100_000
 """Most characters one sequence may generate (a request asking for more is refused)."""
@@ -64,6 +67,10 @@ class GenerationRequest:
     """None: no log-probabilities; n >= 0: each character's log-probability under the
     model and its n most likely alternatives."""
 
+    constraint: Constraint | None = None
+    """What the generated text must match (`charnet.inference.constraints`); a mapping
+    in vLLM's ``structured_outputs`` form is accepted and converted."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise ConfigError("prompt", f"must be a string, got {type(self.prompt).__name__}")
@@ -82,6 +89,8 @@ class GenerationRequest:
                 raise ConfigError("stop", f"a stop sequence may have at most {MAX_STOP_CHARS} characters, "
                                           f"got {len(s)}")
             check_text("stop", s)
+        if self.constraint is not None:
+            object.__setattr__(self, "constraint", Constraint.of(self.constraint))
         if self.logprobs is not None and (not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool)
                                           or not 0 <= self.logprobs <= MAX_LOGPROBS):
             raise ConfigError("logprobs", f"must be an integer in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
@@ -99,8 +108,32 @@ class GenerationRequest:
         params = SamplingParams(**{k: v for k, v in settings.items() if k in sampling})
         return cls(prompt=prompt, params=params, **{k: v for k, v in settings.items() if k in own})
 
-    def check_vocab(self, vocab_size: int) -> None:
-        """`ConfigError` unless the settings make sense for a vocabulary of this size."""
-        if self.params.top_k > vocab_size:
-            raise ConfigError("top_k", f"must be at most the model's vocabulary size ({vocab_size}), "
+    def _check_start(self, vocab: Vocab) -> None:
+        chars, may_end = masks([Matcher(self.constraint, vocab)], vocab.size)
+        if vocab.unk_id is not None:
+            chars[:, vocab.unk_id] = False
+        if not chars.any() and not may_end.any():
+            raise ConfigError(self.constraint.kind, "no character of the model's vocabulary can begin it")
+
+    def for_vocab(self, vocab: Vocab) -> GenerationRequest:
+        """This request checked against a model's vocabulary, with `logit_bias` keyed by
+        token ids only (characters looked up); `ConfigError` for a setting the
+        vocabulary cannot honour."""
+        if self.params.top_k > vocab.size:
+            raise ConfigError("top_k", f"must be at most the model's vocabulary size ({vocab.size}), "
                                        f"got {self.params.top_k}")
+        bias: dict[int, float] = {}
+        for key, value in self.params.logit_bias:
+            token = vocab.token_id(key) if isinstance(key, str) else key
+            if token is None:
+                raise ConfigError("logit_bias", f"{key!r} is not a token of the model's vocabulary (a byte-vocabulary "
+                                                "model takes ids, or ASCII characters)")
+            if token >= vocab.size:
+                raise ConfigError("logit_bias", f"token id {token} is not below the model's vocabulary size "
+                                                f"({vocab.size})")
+            bias[token] = value
+        if self.constraint is not None:
+            self._check_start(vocab)
+        if not any(isinstance(k, str) for k, _ in self.params.logit_bias):
+            return self
+        return dataclasses.replace(self, params=dataclasses.replace(self.params, logit_bias=bias))

@@ -68,7 +68,8 @@ def _model_info(engine: Engine) -> dict:
             "parameters": engine.model.num_parameters(), "vocab_size": cfg.vocab_size,
             "tokenizer": engine.vocab.kind, "val_bits_per_char": metrics.get("val_bpc"),
             "step": metrics.get("step"), "state_bytes": engine.kernel.state_bytes(),
-            "corpus": config["corpus"].get("name") if isinstance(config.get("corpus"), dict) else None}
+            "corpus": config["corpus"].get("name") if isinstance(config.get("corpus"), dict) else None,
+            "vocabulary": engine.vocab.listing()}
 
 
 def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:

@@ -11,20 +11,30 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from charnet.config import MAX_VOCAB
 from charnet.errors import ConfigError
-from charnet.inference.sampling import SamplingParams
+from charnet.inference.constraints import KINDS, MAX_SPEC_CHARS
+from charnet.inference.sampling import MAX_BIAS, MAX_BIASED, MAX_PENALTY, SamplingParams
 from charnet.inference.request import MAX_CHARS, MAX_LOGPROBS, GenerationRequest, lone_surrogate
 from charnet.server.errors import APIError
+from charnet.tokenizer import Vocab
 from charnet.server.settings import MAX_N
 from charnet.inference.stops import MAX_STOP_CHARS, MAX_STOPS
 
 MAX_SEED = (1 << 53) - 1
 """The largest seed over HTTP: the largest integer every JSON parser reads exactly (a
 float64 cannot tell 2^63 - 1 from 2^63), and so one a JavaScript client can send back."""
+
+TOKEN_ID = r"^[0-9]{1,7}$"
+Bias = Annotated[float, Field(ge=-MAX_BIAS, le=MAX_BIAS)]
+IdBias = Annotated[dict[Annotated[str, Field(pattern=TOKEN_ID)], Bias], WithJsonSchema({
+    # pydantic writes a key pattern as patternProperties, which leaves other keys allowed.
+    "type": "object", "propertyNames": {"pattern": TOKEN_ID}, "maxProperties": MAX_BIASED,
+    "additionalProperties": {"type": "number", "minimum": -MAX_BIAS, "maximum": MAX_BIAS}})]
+"""OpenAI's logit_bias: token ids (decimal strings, as JSON keys must be) -> bias."""
 
 StopText = Field(min_length=1, max_length=MAX_STOP_CHARS)
 Stop = Optional[Union[Annotated[str, StopText], Annotated[list[Annotated[str, StopText]], Field(max_length=MAX_STOPS)]]]
@@ -120,13 +130,55 @@ def response_budget(choices: int, lengths: list[int], logprobs: int | None, budg
                             "(--max-response-tokens); ask for fewer", code="response_budget_exceeded")
 
 
-def _engine_request(prompt: str, names: Mapping[str, str], **settings: Any) -> GenerationRequest:
-    """A validated `GenerationRequest`; a 400 naming the field as the client spelled it."""
+def _engine_request(prompt: str, names: Mapping[str, str], vocab: Vocab, **settings: Any) -> GenerationRequest:
+    """A `GenerationRequest` validated, against the model's vocabulary too; a 400 naming
+    the field as the client spelled it."""
     try:
-        return GenerationRequest.of(prompt, **{k: v for k, v in settings.items() if v is not None})
+        return GenerationRequest.of(prompt, **{k: v for k, v in settings.items() if v is not None}).for_vocab(vocab)
     except ConfigError as e:
         param = names.get(e.field, e.field)
         raise APIError(400, f"{param}: {e.message}", param=param, code="invalid_value") from None
+
+
+def _exactly_one(schema: dict[str, Any]) -> None:
+    schema.update(minProperties=1, maxProperties=1)
+    for prop in schema["properties"].values():
+        prop.pop("default", None)  # absent, never null
+
+
+class StructuredOutputs(_Request):
+    """vLLM's `structured_outputs`: exactly one of these (an absent one is not null)."""
+
+    # Exactly one, as JSON Schema says it: one property, none of them nullable; and unlike
+    # the requests around it, nothing else (vLLM's other options are not supported).
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema: _exactly_one(schema))
+
+    regex: str = Field(None, max_length=MAX_SPEC_CHARS, description="A regular expression (Rust regex syntax) the "
+                       "whole text must match.")
+    json_: Union[dict[str, Any], str] = Field(None, alias="json", description="A JSON Schema the text must be an "
+                                              "instance of (an object, or its JSON text).")
+    grammar: str = Field(None, max_length=MAX_SPEC_CHARS, description="A context-free grammar, in Lark or GBNF "
+                         "syntax.")
+    choice: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
+        None, description="The text is one of these strings.")
+    json_object: Literal[True] = Field(None, description="true: any JSON object.")
+
+    def model_dump(self, **kw: Any) -> dict[str, Any]:
+        return super().model_dump(by_alias=True, **kw)
+
+
+class JsonSchemaFormat(_Request):
+    name: Optional[str] = Field(None, description="A name for the schema (not used).")
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema.")
+    strict: Optional[bool] = Field(None, description="Always strict here: the output matches the schema.")
+    description: Optional[str] = Field(None, description="Not used.")
+
+
+class ResponseFormat(_Request):
+    """OpenAI's `response_format`."""
+
+    type: Literal["text", "json_object", "json_schema"] = Field(description="What the output must be.")
+    json_schema: Optional[JsonSchemaFormat] = Field(None, description="With type json_schema: the schema.")
 
 
 class _Sampling(_Request):
@@ -143,18 +195,72 @@ class _Sampling(_Request):
                                                                  "is off.")
     min_p: Optional[float] = Field(None, ge=0, le=1, description="Sample only among characters at least this "
                                    "fraction as likely as the most likely one; 0 (the default) is off.")
+    typical_p: Optional[float] = Field(None, gt=0, le=1, description="Locally typical sampling: keep the "
+                                       "characters closest to the expected surprisal, as many as reach this mass; 1 "
+                                       "(the default) is off.")
     repetition_penalty: Optional[float] = Field(None, gt=0, allow_inf_nan=False,
                                                 description="Above 1 discourages the characters of the last 64; 1 "
                                                             "(the default) is off.")
+    frequency_penalty: Optional[float] = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY,
+                                               description="OpenAI's: subtracted from a character's logit once per "
+                                                           "time it has been generated; 0 (the default) is off.")
+    presence_penalty: Optional[float] = Field(None, ge=-MAX_PENALTY, le=MAX_PENALTY,
+                                              description="OpenAI's: subtracted from the logit of every character "
+                                                          "generated at least once; 0 (the default) is off.")
+    logit_bias: Optional[IdBias] = Field(
+        None, max_length=MAX_BIASED, description="OpenAI's: token id (a character's id, as `GET /v1/models` lists "
+                                                 "them) -> bias added to its logit, in [-100, 100]; -100 bans it, "
+                                                 "100 forces it.")
+    char_bias: Optional[dict[Annotated[str, Field(min_length=1, max_length=1)], Bias]] = Field(
+        None, max_length=MAX_BIASED, description="charnet extra: `logit_bias` keyed by the characters themselves.")
+    structured_outputs: Optional[StructuredOutputs] = Field(
+        None, description="vLLM's: constrain the text to a regex, a JSON Schema, a grammar or a list of choices.")
+    response_format: Optional[ResponseFormat] = Field(
+        None, description="OpenAI's: `json_object` (any JSON object) or `json_schema` (one matching "
+                          "`json_schema.schema`); `text` is unconstrained.")
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="Seed of the draws: the same seed gives the "
                                                                      "same text. Random when omitted (returned).")
 
+    @model_validator(mode="after")
+    def _one_constraint(self) -> _Sampling:
+        if self.structured_outputs is not None and self.response_format is not None \
+                and self.response_format.type != "text":
+            raise APIError(400, "structured_outputs and response_format both constrain the output; give one",
+                           param="response_format", code="conflicting_constraints")
+        return self
+
     def sampling(self) -> dict[str, Any]:
         """The sampling settings this request sets, by `SamplingParams` field name."""
-        return {name: value for name in _SAMPLING if (value := getattr(self, name, None)) is not None}
+        out = {name: value for name in _SAMPLING if (value := getattr(self, name, None)) is not None}
+        bias = {int(k): v for k, v in (self.logit_bias or {}).items()} | dict(self.char_bias or {})
+        if bias:
+            out["logit_bias"] = bias
+        return out
+
+    def constraint(self) -> dict[str, Any]:
+        """The ``constraint`` setting, if the request sets one."""
+        if self.structured_outputs is not None:
+            return {"constraint": self.structured_outputs.model_dump(exclude_none=True)}
+        if self.response_format is not None and self.response_format.type != "text":
+            if self.response_format.type == "json_object":
+                return {"constraint": {"json_object": True}}
+            if self.response_format.json_schema is None:
+                raise APIError(400, "response_format.json_schema: required when type is json_schema",
+                               param="response_format.json_schema", code="invalid_value")
+            return {"constraint": {"json": self.response_format.json_schema.schema_}}
+        return {}
+
+    def field_names(self) -> dict[str, str]:
+        """Engine setting -> the request field a client knows it by (for 400s)."""
+        if self.structured_outputs is not None:
+            named = {kind: f"structured_outputs.{kind}" for kind in KINDS}
+        else:
+            named = {"json": "response_format.json_schema"}
+        return named | {"constraint": "structured_outputs", "logit_bias": "logit_bias" if self.logit_bias
+                        else "char_bias"}
 
 
-_SAMPLING = tuple(f.name for f in dataclasses.fields(SamplingParams))
+_SAMPLING = tuple(f.name for f in dataclasses.fields(SamplingParams) if f.name != "logit_bias")
 
 
 class StreamOptions(_Request):
@@ -197,11 +303,6 @@ class CompletionRequest(_Sampling):
                                                 "choices x (echoed prompt + max_tokens) x (1 + logprobs).")
     echo: Optional[bool] = Field(False, description="Return the prompt before the completion.")
     # Accepted for compatibility, with only their neutral values (the schema says which).
-    frequency_penalty: Optional[float] = Field(None, ge=0, le=0, description="Only 0 is supported; use "
-                                                                             "repetition_penalty.")
-    presence_penalty: Optional[float] = Field(None, ge=0, le=0, description="Only 0 is supported; use "
-                                                                            "repetition_penalty.")
-    logit_bias: Optional[dict[str, float]] = Field(None, max_length=0, description="Only empty is supported.")
     suffix: Optional[str] = Field(None, max_length=0, description="Only empty is supported (insertion needs a "
                                                                   "bidirectional model).")
     user: Optional[str] = Field(None, description="Ignored.")
@@ -209,7 +310,8 @@ class CompletionRequest(_Sampling):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def engine_groups(self, limits: Mapping[str, int], budget: int) -> list[tuple[GenerationRequest, int]]:
+    def engine_groups(self, limits: Mapping[str, int], budget: int,
+                      vocab: Vocab) -> list[tuple[GenerationRequest, int]]:
         """The (request, n) groups to generate, one per prompt; a 400 for anything the
         server refuses."""
         self.check_limits(limits)
@@ -218,8 +320,8 @@ class CompletionRequest(_Sampling):
         max_tokens = min(16, limits["max_chars_cap"]) if self.max_tokens is None else self.max_tokens
         response_budget(n, [max_tokens + (len(p) if self.echo else 0) for p in prompts], self.logprobs, budget,
                         "n x (echoed prompt + max_tokens) x (1 + logprobs), over the prompts,")
-        return [(_engine_request(p, {"max_chars": "max_tokens"}, max_chars=max_tokens, stop=self.stop,
-                                 logprobs=self.logprobs, **self.sampling()), n)
+        return [(_engine_request(p, {"max_chars": "max_tokens", **self.field_names()}, vocab, max_chars=max_tokens,
+                                 stop=self.stop, logprobs=self.logprobs, **self.sampling(), **self.constraint()), n)
                 for p in prompts]
 
 
@@ -278,12 +380,12 @@ class GenerateRequest(_Sampling):
     stream: bool = Field(False, description="Stream events: Server-Sent Events by default, newline-delimited "
                                             "JSON with `Accept: application/x-ndjson`.")
 
-    def engine_request(self, limits: Mapping[str, int], budget: int) -> GenerationRequest:
+    def engine_request(self, limits: Mapping[str, int], budget: int, vocab: Vocab) -> GenerationRequest:
         """The request to generate; a 400 for anything the server refuses."""
         self.check_limits(limits)
         response_budget(1, [self.length], self.logprobs, budget, "length x (1 + logprobs)")
-        return _engine_request(self.prompt, {"max_chars": "length"}, max_chars=self.length, stop=self.stop,
-                               logprobs=self.logprobs, **self.sampling())
+        return _engine_request(self.prompt, {"max_chars": "length", **self.field_names()}, vocab, max_chars=self.length,
+                               stop=self.stop, logprobs=self.logprobs, **self.sampling(), **self.constraint())
 
 
 class CharLogprobOut(BaseModel):
@@ -348,6 +450,7 @@ class ModelCard(BaseModel):
     created: int = Field(description="Unix time the checkpoint was written.")
     owned_by: str = "charnet"
     charnet: dict = Field(description="cell, layers, hidden, embedding, parameters, vocab_size, tokenizer, "
+                                      "vocabulary (every token by id, as `logit_bias` names them), "
                                       "val_bits_per_char, state_bytes.")
 
 

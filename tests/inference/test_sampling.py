@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from charnet.errors import ConfigError
-from charnet.inference.sampling import (BatchParams, SamplingParams, apply_repetition_penalty, choose, derive_seed, draw,
-                              keep_mask, uniform)
+from charnet.inference.sampling import (BatchParams, SamplingParams, apply_count_penalties, apply_repetition_penalty,
+                                        choose, derive_seed, draw, keep_mask, uniform)
 
 V = 6
 LOGITS = torch.log(torch.tensor([[0.4, 0.3, 0.15, 0.1, 0.04, 0.01]]))
@@ -52,6 +52,47 @@ def test_min_p_keeps_what_is_at_least_that_fraction_of_the_top():
 def test_min_p_draws_follow_the_renormalised_floor():
     torch.testing.assert_close(frequencies(min_p=0.3), torch.tensor([0.4, 0.3, 0.15, 0, 0, 0]).double() / 0.85,
                                atol=0.012, rtol=0)
+
+
+def test_typical_p_keeps_what_is_closest_to_the_entropy():
+    # Entropy 1.4175 nats; surprisals 0.92, 1.20, 1.90, 2.30, 3.22, 4.61: closest first are
+    # token 1 (0.3), 2 (0.15), 0 (0.4), 3 (0.1), 4, 5.
+    assert kept(typical_p=0.25) == {0, 1}  # 1 reaches it; the most likely always stays
+    assert kept(typical_p=0.5) == {0, 1, 2}
+    assert kept(typical_p=0.9) == {0, 1, 2, 3}
+    assert kept(typical_p=0.96) == {0, 1, 2, 3, 4}
+    assert kept(typical_p=1.0) == set(range(V))
+
+
+def test_typical_p_draws_follow_the_renormalised_set():
+    torch.testing.assert_close(frequencies(typical_p=0.5), torch.tensor([0.4, 0.3, 0.15, 0, 0, 0]).double() / 0.85,
+                               atol=0.012, rtol=0)
+
+
+def test_frequency_and_presence_penalties_follow_openais_formula():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5]])
+    counts = torch.tensor([[0.0, 2.0, 1.0, 4.0]])
+    p = BatchParams.of([SamplingParams(frequency_penalty=0.5, presence_penalty=1.0)], 4)
+    torch.testing.assert_close(apply_count_penalties(logits, counts, p), torch.tensor([[1.0, 0.0, 1.5, -2.5]]))
+    # Greedy decoding sees the penalised logits: 3 - 1.5 < 1, so token 0 wins.
+    greedy = BatchParams.of([SamplingParams(temperature=0, frequency_penalty=1.5, presence_penalty=0.5)], 4)
+    assert int(choose(logits, greedy, np.zeros(1), counts=counts)[0]) == 0
+    negative = BatchParams.of([SamplingParams(temperature=0, presence_penalty=-2.0)], 4)
+    assert int(choose(torch.tensor([[2.0, 0.5]]), negative, np.zeros(1), counts=torch.tensor([[0.0, 1.0]]))[0]) == 1
+
+
+def test_logit_bias_adds_bans_and_forces():
+    added = frequencies(logit_bias={5: math.log(20.0)})  # 0.01 x 20 = 0.2, renormalised by 1.19
+    torch.testing.assert_close(added, torch.tensor([0.4, 0.3, 0.15, 0.1, 0.04, 0.2]).double() / 1.19,
+                               atol=0.012, rtol=0)
+    assert frequencies(logit_bias={0: -100, 1: -100})[:2].sum() == 0
+    assert frequencies(logit_bias={5: 100})[5] == 1.0
+    torch.testing.assert_close(frequencies(logit_bias={4: 100, 5: 100})[4:], torch.tensor([0.8, 0.2]).double(),
+                               atol=0.012, rtol=0)  # several forced: drawn among them as the model weighs them
+
+
+def test_a_bias_that_bans_everything_gives_way():
+    assert frequencies(logit_bias={i: -100 for i in range(V)}, temperature=0)[0] == 1.0
 
 
 def frequencies(n: int = 20_000, **kw) -> torch.Tensor:
@@ -120,7 +161,9 @@ def test_derived_seeds():
 
 @pytest.mark.parametrize("field,value", [
     ("temperature", -0.1), ("temperature", math.nan), ("top_k", -1), ("top_k", 1.5), ("top_p", 0.0), ("top_p", 1.01),
-    ("min_p", -0.1), ("min_p", 1.5),
+    ("min_p", -0.1), ("min_p", 1.5), ("typical_p", 0.0), ("typical_p", 1.5), ("frequency_penalty", 2.5),
+    ("presence_penalty", -3.0), ("presence_penalty", math.inf), ("logit_bias", {0: 101}), ("logit_bias", {"ab": 1}),
+    ("logit_bias", {-1: 1}), ("logit_bias", {True: 1}),
     ("repetition_penalty", 0.0), ("repetition_penalty", -1.0), ("seed", -1), ("seed", 2**63), ("seed", True),
 ])
 def test_invalid_params_name_their_field(field, value):

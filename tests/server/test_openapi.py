@@ -7,7 +7,9 @@ The server's limits that JSON Schema can state (lengths, maxima, item counts) ar
 schema. Two cannot be stated, as they multiply fields: the response budget (choices x
 tokens x alternatives) and the room for a request's sequences (prompts x n). The server
 fuzzed here is given room for anything its schema allows, so neither binds; both are
-tested where they do (`test_errors.py`).
+tested where they do (`test_errors.py`). Nor can it state what is valid by meaning (a
+pattern that compiles, a character the model has): `fuzz_hooks.py` gives well-shaped
+bodies contents the model can honour there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import ROOT
 
 FUZZED = ["--max-chars-cap", "64", "--max-concurrency", "16", "--max-queue", "16", "--max-n", "4",
           "--max-prompt-chars", "200", "--max-score-chars", "2000",
@@ -34,7 +38,8 @@ def test_api_conforms_to_its_schema(start_server, models_dir, key, tmp_path):
     if key:
         command += ["--header", f"Authorization: Bearer {key}"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                         env={**os.environ, "NO_COLOR": "1"})
+                         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": "tests.server.fuzz_hooks",
+                              "PYTHONPATH": str(ROOT)})
     summary = run.stdout[-3000:]
     assert run.returncode == 0, summary
     generated = int(re.search(r"(\d+) generated", run.stdout).group(1))

@@ -152,7 +152,9 @@ def test_asks_for_the_key_then_lists_the_models(opened):
     assert page.locator("#model option").evaluate_all("os => os.map(o => o.value)") == MODELS
     expect(page.locator("#alert")).to_be_empty()
     # Every control is found by its label, as assistive technology finds it.
-    for label in ("Model", "API key", "Prompt", "Temperature", "Top-p", "Top-k", "Length", "Seed", "Stop at"):
+    for label in ("Model", "API key", "Prompt", "Temperature", "Top-p", "Top-k", "Min-p", "Typical-p",
+                  "Repetition penalty", "Frequency penalty", "Presence penalty", "Length", "Seed", "Stop at",
+                  "Character bias", "Constrain to", "Pattern or schema"):
         expect(page.get_by_label(label, exact=True)).to_have_count(1)
 
 
@@ -198,6 +200,33 @@ def test_generation_shows_the_apis_text_coloured_by_probability(page, served):
     expect(tip.locator("li")).to_have_count(len(tops[2]))
     page.keyboard.press("Escape")
     expect(tip).to_be_hidden()
+
+
+def test_decoding_controls_and_a_constraint_reach_the_api(page, served):
+    page.select_option("#model", TRAINED)
+    controls = dict(min_p=0.05, typical_p=0.9, repetition_penalty=1.1, frequency_penalty=0.5, presence_penalty=0.2)
+    settings(page, prompt="ROMEO:", temperature=1, top_p=1, top_k=0, seed=3, length=60, char_bias="e=-100",
+             **controls)
+    page.select_option("#constraint-kind", "regex")
+    page.fill("#constraint", "[A-Z][a-z]+( [a-z]+)+")
+    page.click("#generate")
+    expect(page.locator("#gen-status")).to_have_attribute("data-state", "done")
+    shown = "".join(page.locator("#gen-output .ch").evaluate_all("els => els.map(e => e.textContent)"))
+    api = httpx.post(f"{served.url}/v1/completions", headers=auth(), timeout=60, json={
+        "model": TRAINED, "prompt": "ROMEO:", "max_tokens": 60, "seed": 3, "char_bias": {"e": -100},
+        "structured_outputs": {"regex": "[A-Z][a-z]+( [a-z]+)+"}, **controls}).json()
+    assert shown == api["choices"][0]["text"] and re.fullmatch("[A-Z][a-z]+( [a-z]+)+", shown) and "e" not in shown
+
+    page.select_option("#constraint-kind", "json")
+    page.fill("#constraint", "{oops")
+    page.click("#generate")
+    expect(page.locator("#alert")).to_contain_text("structured_outputs.json")
+    expect(page.locator("#constraint")).to_have_attribute("aria-invalid", "true")
+    page.select_option("#constraint-kind", "")
+    settings(page, char_bias="ee=1")
+    page.click("#generate")
+    expect(page.locator("#alert")).to_contain_text("char_bias")
+    expect(page.locator("#char_bias")).to_have_attribute("aria-invalid", "true")
 
 
 def test_stop_ends_the_generation_on_the_server_too(page, served):

@@ -40,7 +40,8 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
     """Continue a prompt with charnet's sampling settings."""
     model = lookup_model(state, body.model)
     settings = state.settings
-    request = body.engine_request(respond.limits(settings, model.engine.vocab.size), settings.max_response_tokens)
+    request = body.engine_request(respond.limits(settings, model.engine.vocab.size), settings.max_response_tokens,
+                                  model.engine.vocab)
     job = respond.submit(http, model, [(request, 1)])
     generated = [0]
 

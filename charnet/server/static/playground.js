@@ -14,10 +14,12 @@ let running = null; // the AbortController of the generation in progress
 // -- errors and status -------------------------------------------------------------------
 
 // The sampling controls: each is a number input whose id is the request field it sends.
-const SAMPLING = ["temperature", "top_p", "top_k", "min_p", "seed"];
+const SAMPLING = ["temperature", "top_p", "top_k", "min_p", "typical_p", "repetition_penalty",
+  "frequency_penalty", "presence_penalty", "seed"];
 // The request fields each input sends (a 400 names the field; we mark that input).
 const FIELDS = { max_tokens: "length", stop: "stop-at", model: "model", prompt: "prompt", text: "score-text",
-  ...Object.fromEntries(SAMPLING.map((name) => [name, name])) };
+  char_bias: "char_bias", structured_outputs: "constraint", "structured_outputs.regex": "constraint",
+  "structured_outputs.json": "constraint", ...Object.fromEntries(SAMPLING.map((name) => [name, name])) };
 
 function clearError() {
   $("alert").textContent = "";
@@ -27,7 +29,8 @@ function clearError() {
 function showError(error) {
   const message = error instanceof ApiError ? error.message : `Something went wrong in the page: ${error}`;
   $("alert").textContent = message;
-  const input = error.param && $(FIELDS[error.param] || error.param);
+  const param = error.param || "";
+  const input = param && $(FIELDS[param] || FIELDS[param.split(".")[0]] || param);
   if (input) {
     input.setAttribute("aria-invalid", "true");
     input.focus();
@@ -87,11 +90,36 @@ function unescape(text) {
   return text.replace(/\\(n|t|r|\\)/g, (_, c) => ({ n: "\n", t: "\t", r: "\r", "\\": "\\" })[c]);
 }
 
+/** "e=-100 !=5" as { e: -100, "!": 5 }; a malformed entry is sent as is, for the server to name. */
+function charBias(text) {
+  const entries = text.trim().split(/\s+/).filter(Boolean).map((item) => {
+    const at = item.lastIndexOf("=");
+    const value = item.slice(at + 1);
+    return at > 0 && value !== "" && !Number.isNaN(Number(value)) ? [unescape(item.slice(0, at)), Number(value)]
+      : [item, item];
+  });
+  return entries.length ? Object.fromEntries(entries) : undefined;
+}
+
+/** The structured_outputs the constraint fields ask for, or undefined. */
+function structuredOutputs() {
+  const kind = $("constraint-kind").value;
+  const text = $("constraint").value.trim();
+  if (!kind || !text) return undefined;
+  if (kind !== "json") return { [kind]: text };
+  try {
+    return { json: JSON.parse(text) };
+  } catch {
+    return { json: text }; // the server says what is wrong with it
+  }
+}
+
 function generationRequest() {
   const stop = unescape($("stop-at").value);
   return {
     model: $("model").value || undefined, prompt: $("prompt").value, max_tokens: number("length"),
     ...Object.fromEntries(SAMPLING.map((name) => [name, number(name)])),
+    char_bias: charBias($("char_bias").value), structured_outputs: structuredOutputs(),
     stop: stop ? [stop] : undefined, logprobs: ALTERNATIVES, stream: true,
   };
 }
