@@ -125,6 +125,10 @@ def targets(results: dict) -> list[Target]:
     out.append(_judge("64 streams sampled together vs one stream", ">= 20x",
                       (sample.get("batched_vs_single") or {}).get("64"), lambda v: v >= 20, "{:.1f}x",
                       "not measured: no 64-stream run in sample_throughput's results" if sample else no_sample))
+    out.append(_judge("JSON-Schema constraint at 64 streams vs unconstrained", ">= 0.75x",
+                      ((sample.get("constrained") or {}).get("64") or {}).get("ratio"), lambda v: v >= 0.75,
+                      "{:.2f}x", "not measured: no constrained 64-stream run in sample_throughput's results"
+                      if sample else no_sample))
 
     one, many = serve.get(1, {}).get("chars_per_s"), serve.get(64, {}).get("chars_per_s")
     out.append(_judge("Server aggregate at 64 clients vs 1 client", ">= 20x", many / one if one and many else None,

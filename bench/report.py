@@ -205,6 +205,13 @@ def sample_section(results: dict, report: Path, plots_dir: Path, stem: str) -> l
     ratios = data.get("batched_vs_single") or {}
     lines += _table(["streams", "aggregate chars/s", "vs 1 stream"],
                     [[n, _num(v), _num(ratios.get(n), ".1f", "x")] for n, v in batched.items()])
+    held = data.get("constrained") or {}
+    if held:
+        lines += ["Held to a JSON Schema (nested objects, enums, number ranges; `RECORDS` in "
+                  "`bench/sample_throughput.py`), from an empty prompt:", ""]
+        lines += _table(["streams", "unconstrained chars/s", "JSON Schema chars/s", "ratio"],
+                        [[n, _num(r["free_chars_per_s"]), _num(r["json_chars_per_s"]), _num(r["ratio"], ".2f", "x")]
+                         for n, r in held.items()])
     return lines + _image(plots.sample(plots_dir / f"{stem}-sample.png", data), report, "sampling speed")
 
 

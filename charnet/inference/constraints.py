@@ -154,7 +154,7 @@ def _tokenizer(vocab: Vocab) -> LLTokenizer:
     return LLTokenizer(TokenizerWrapper(_Tokens(vocab)))
 
 
-_EXECUTOR = LLExecutor(num_threads=2)  # masks of a batch's rows, computed in parallel
+_EXECUTOR = LLExecutor()  # computes the masks of a batch's rows in parallel (llguidance sizes its threads)
 
 
 class Matcher:

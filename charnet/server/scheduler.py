@@ -258,6 +258,9 @@ class Scheduler:
                 continue
             job, index = owner
             if piece.finish_reason == FINISH_ERROR:
+                if isinstance(piece.seq.error, ConfigError):  # its own settings cannot go on: a constraint
+                    self._end(job, (400, str(piece.seq.error)), out)  # this vocabulary cannot finish
+                    continue
                 self.metrics.failures.labels(self.name).inc()
                 self._end(job, (500, f"generation failed: {type(piece.seq.error).__name__}"), out)
                 continue

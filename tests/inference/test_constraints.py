@@ -68,7 +68,9 @@ def test_choice_returns_listed_strings_as_often_as_the_model_prefers_them(model)
     assert sum(counts.values()) == 1.0
     # Their first characters differ, so each choice's chance is its first character's,
     # renormalised over the three (what the rest forces has probability 1).
-    probs = torch.softmax(model.model(torch.tensor([model.vocab.encode(prompt).astype(np.int64)]))[0][0, -1], -1)
+    with torch.no_grad():
+        logits = model.model(torch.from_numpy(model.vocab.encode(prompt).astype(np.int64)).unsqueeze(0))[0]
+    probs = torch.softmax(logits[0, -1].float(), -1)
     first = torch.tensor([float(probs[model.vocab.token_id(c[0])]) for c in choices])
     for c, expected in zip(choices, (first / first.sum()).tolist()):
         assert abs(counts[c] - expected) < 0.06, (counts, expected)
@@ -133,6 +135,16 @@ def test_a_constraint_the_vocabulary_cannot_begin_is_refused(tiny_model):
     assert engine.vocab.token_id("{") is None
     with pytest.raises(ConfigError, match="can begin it"):
         engine.generate("x", constraint={"json_object": True})
+
+
+def test_a_constraint_the_vocabulary_cannot_finish_fails_its_sequence_alone(model):
+    batch = Batch(model.kernel, model.vocab)
+    stuck = batch.add(GenerationRequest.of("x", max_chars=20, seed=1, constraint={"regex": "ab€"}))[0]
+    fine = batch.add(GenerationRequest.of("x", max_chars=20, seed=1))[0]
+    while len(batch):
+        batch.step()
+    assert isinstance(stuck.error, ConfigError) and "continue it after 'ab'" in str(stuck.error)
+    assert stuck.text == "ab" and fine.text == model.generate("x", max_chars=20, seed=1).text
 
 
 def test_constraint_of_accepts_vllms_and_openais_forms():

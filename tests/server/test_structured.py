@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.serving import MODEL, events
+from tests.serving import MODEL, assert_error, events
 
 pytestmark = pytest.mark.anyio
 
@@ -40,6 +40,14 @@ async def test_generate_takes_them_too_and_streams_them(make_app, solo):
     assert whole["finish_reason"] == "stop"
     streamed = [e for e in events(r.text) if e != "[DONE]"]
     assert "".join(e["text"] for e in streamed) == whole["text"] and streamed[-1]["finish_reason"] == "stop"
+
+
+async def test_a_constraint_the_vocabulary_cannot_finish_is_a_400(make_app):
+    async with make_app() as api:
+        r = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 20,
+                                                           "structured_outputs": {"regex": "ab€"}})
+    error = assert_error(r, 400, None, "no character of the model's vocabulary can continue it")
+    assert error["type"] == "invalid_request_error"
 
 
 async def test_response_format_text_is_unconstrained(make_app, solo):
