@@ -143,8 +143,10 @@ def kept_parts(previous: Path, running: list[str], info: dict) -> dict:
     kept = {}
     for name, record in old["parts"].items():
         if name not in running and record.get("status") == "ok":
-            kept[name] = {**record, "kept_from": {"file": previous.name, "git_commit": old["machine"].get("git_commit"),
-                                                  "date": old["machine"].get("date")}}
+            # A part the earlier file had kept itself keeps naming where it was measured.
+            kept[name] = record if "kept_from" in record else {
+                **record, "kept_from": {"file": previous.name, "git_commit": old["machine"].get("git_commit"),
+                                        "date": old["machine"].get("date")}}
     return kept
 
 

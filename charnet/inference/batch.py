@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from charnet.errors import ConfigError
-from charnet.inference.constraints import Masks
+from charnet.inference.constraints import Masks, prefetch
 from charnet.inference.generation import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, CharLogprob, Piece, Sequence,
                                 Snapshot)
 from charnet.inference.kernel import StepKernel
@@ -229,6 +229,7 @@ class Batch:
         else:
             self.feed[:len(self.seqs)] = torch.tensor(
                 [int(s.prompt_ids[s.primed]) if s.priming else s.tokens[-1] for s in self.seqs], device=self.feed.device)
+        prefetch([s.matcher for s in self.seqs if s.matcher is not None and not s.priming], self.vocab.size)
         self.logits.copy_(self.kernel.step(self.feed, self.state))
         for seq in [s for s in self.seqs if s.priming]:
             seq.primed += 1

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -154,7 +156,9 @@ def _tokenizer(vocab: Vocab) -> LLTokenizer:
     return LLTokenizer(TokenizerWrapper(_Tokens(vocab)))
 
 
-_EXECUTOR = LLExecutor()  # computes the masks of a batch's rows in parallel (llguidance sizes its threads)
+# Computes the masks of a batch's rows in parallel. It runs between two model steps, when
+# every core is free, so it takes them all (llguidance's default leaves a fifth idle).
+_EXECUTOR = LLExecutor(num_threads=min(32, os.cpu_count() or 1))
 
 
 class Matcher:
@@ -163,6 +167,8 @@ class Matcher:
     def __init__(self, constraint: Constraint, vocab: Vocab, matcher: LLMatcher | None = None) -> None:
         self.constraint, self.vocab = constraint, vocab
         self._m = matcher if matcher is not None else LLMatcher(_tokenizer(vocab), constraint.grammar, log_level=0)
+        self.ahead: tuple[Future, int] | None = None
+        """Its next mask, being computed by `prefetch` (a job and this matcher's row in it)."""
         if self._m.is_error():
             raise ConfigError(constraint.kind, _first_line(self._m.get_error()))
 
@@ -171,6 +177,7 @@ class Matcher:
         return Matcher(self.constraint, self.vocab, self._m.deep_copy())
 
     def consume(self, token: int) -> None:
+        self.ahead = None
         if not self._m.consume_token(token):
             raise ConfigError(self.constraint.kind, _first_line(self._m.get_error()))
 
@@ -180,8 +187,32 @@ class Matcher:
         return self._m.is_stopped()
 
 
+_AHEAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charnet-masks")
+
+
+def prefetch(matchers: list[Matcher], vocab_size: int) -> None:
+    """Start computing the next masks of `matchers` in the background: a batch calls this
+    once its rows have taken their tokens, so the masks are made while the model steps
+    (llguidance and torch both let go of the GIL). `masks` uses them if no matcher has
+    moved since."""
+    if matchers:
+        job = _AHEAD.submit(_compute, list(matchers), vocab_size)
+        for i, m in enumerate(matchers):
+            m.ahead = (job, i)
+
+
 def masks(matchers: list[Matcher], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """What each matcher allows next: (characters (k, V) bool, may end here (k,) bool)."""
+    jobs = {id(m.ahead[0]) for m in matchers if m.ahead is not None}
+    if len(jobs) == 1 and all(m.ahead is not None for m in matchers):
+        job = matchers[0].ahead[0]
+        chars, ends = job.result()
+        rows = [m.ahead[1] for m in matchers]
+        return chars[rows], ends[rows]
+    return _compute(matchers, vocab_size)
+
+
+def _compute(matchers: list[Matcher], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     words = (vocab_size + 1 + 31) // 32
     bits = np.zeros((len(matchers), words), dtype=np.int32)
     _EXECUTOR.unsafe_compute_mask_ptr([(m._m, i) for i, m in enumerate(matchers)], bits.ctypes.data, words * 4,
@@ -216,13 +247,11 @@ class Masks:
             chars, ends = masks([seqs[i].matcher for i in constrained], vocab.size)
             if vocab.unk_id is not None:
                 chars[:, vocab.unk_id] = False
-            for j, i in enumerate(constrained):
-                if ends[j]:
-                    may_end[i] = chars[j]
-                elif chars[j].any():
-                    allowed[i] = torch.from_numpy(chars[j])
-                else:
-                    dead.add(i)
+            stuck = ~ends & ~chars.any(1)
+            may_end = {constrained[j]: chars[j].copy() for j in np.flatnonzero(ends)}
+            dead = {constrained[j] for j in np.flatnonzero(stuck)}
+            chars[ends | stuck] = True  # they sample freely (and are judged after the draw)
+            allowed[constrained] = torch.from_numpy(chars)
         if vocab.kind == "byte":
             rows = [s.utf8.row(s.request.max_chars - s.generated) for s in seqs]
             allowed &= UTF8_MASKS[rows]

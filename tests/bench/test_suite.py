@@ -24,7 +24,8 @@ from tests.conftest import ROOT
 TARGET_NAMES = [
     "Trainer vs the bare PyTorch loop (lstm)", "Peephole vs lstm training speed",
     "Single-stream sampling vs the naive loop", "Single-stream sampling vs the bandwidth bound",
-    "64 streams sampled together vs one stream", "Server aggregate at 64 clients vs 1 client", "p99 time to first character at 64 clients",
+    "64 streams sampled together vs one stream", "JSON-Schema constraint at 64 streams vs unconstrained",
+    "Server aggregate at 64 clients vs 1 client", "p99 time to first character at 64 clients",
     "Beside a hostile client: well-behaved aggregate vs quiet", "Beside a hostile client: well-behaved p99 TTFC vs quiet",
     "Beside a hostile client: errors of the well-behaved clients", "Beside a hostile client: server RSS growth",
     "tinyshakespeare val loss, 15 min on a 2-core CPU", "tinyshakespeare val loss, 10 min on one H100",
@@ -86,6 +87,13 @@ def test_quick_suite_end_to_end(tmp_path):
     assert "kept_from" not in merged["flops"] and merged["encode"]["kept_from"]["file"] == path.name
     assert merged["encode"]["data"] == parts["encode"]
     assert "Carried over from an earlier run" in (tmp_path / "second.md").read_text(encoding="utf-8")
+    # Kept again from the second file, a part still names the run that measured it.
+    proc = subprocess.run([sys.executable, "-m", "bench", "all", "--quick", "--only", "flops", "--keep", str(second),
+                           "--out", str(tmp_path / "third"), "--report", str(tmp_path / "third.md")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [third] = (tmp_path / "third").glob("*.json")
+    assert json.loads(third.read_text(encoding="utf-8"))["parts"]["encode"]["kept_from"]["file"] == path.name
 
 
 def test_unknown_benchmark_is_an_error(tmp_path):
@@ -218,6 +226,12 @@ def test_targets_judged_and_missing_ones_not_measured():
     assert (judged["64 streams sampled together vs one stream"].measured, judged[
         "64 streams sampled together vs one stream"].status) == ("11.6x", "not met")
     assert judged["Single-stream sampling vs the bandwidth bound"].measured == "30%"
+    json_64 = judged["JSON-Schema constraint at 64 streams vs unconstrained"]
+    assert json_64.status == "not measured" and "no constrained 64-stream run" in json_64.note
+    sample["constrained"] = {"64": {"free_chars_per_s": 100.0, "json_chars_per_s": 70.0, "ratio": 0.7}}
+    judged = {t.name: t for t in figures.targets(results_with(sample=sample))}
+    json_64 = judged["JSON-Schema constraint at 64 streams vs unconstrained"]
+    assert (json_64.measured, json_64.status) == ("0.70x", "not met")
     slow = {t.name: t for t in figures.targets(results_with(quality=quality_data(1.55)))}
     assert slow["tinyshakespeare val loss, 15 min on a 2-core CPU"].status == "not met"
     for data in (quality_data(1.2, budget=1800), quality_data(1.2, quick=True)):
