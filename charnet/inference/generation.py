@@ -38,8 +38,8 @@ while it has no row in a batch."""
 
 @dataclass(kw_only=True)
 class CharLogprob:
-    """What the model believed about one generated token (natural logs, before
-    temperature, top-k and top-p)."""
+    """What the model believed about one generated token (natural logs, before every
+    sampling control and constraint)."""
 
     text: str
     logprob: float

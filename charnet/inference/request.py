@@ -57,7 +57,7 @@ class GenerationRequest:
     """Tokens to generate at most (characters, or bytes for a byte vocabulary)."""
 
     params: SamplingParams = field(default_factory=SamplingParams)
-    """Temperature, top-k, top-p, repetition penalty and seed."""
+    """How each character is chosen: the sampling controls and the seed."""
 
     stop: tuple[str, ...] = ()
     """Generation ends before the first of these strings appears; it is not returned. At

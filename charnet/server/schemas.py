@@ -330,7 +330,7 @@ class CompletionLogprobs(BaseModel):
 
     tokens: list[str] = Field(description="The characters, in order.")
     token_logprobs: list[Optional[float]] = Field(description="Natural log-probability of each character under "
-                                                              "the model (before temperature, top-k, top-p); "
+                                                              "the model (before every sampling control and constraint); "
                                                               "null for echoed prompt characters.")
     top_logprobs: list[Optional[dict[str, float]]] = Field(description="The most likely characters at each "
                                                                        "position and their log-probabilities.")
