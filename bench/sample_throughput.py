@@ -44,7 +44,7 @@ def engine_for(spec: str | None) -> tuple[Engine, str]:
         from charnet.checkpoint import Checkpoint
 
         model, vocab = untrained_lstm()
-        return Engine(Checkpoint(Path("untrained"), model, vocab, {})), "untrained 2x512 lstm"
+        return Engine(Checkpoint(path=Path("untrained"), model=model, vocab=vocab, config={})), "untrained 2x512 lstm"
 
 
 @torch.no_grad()

@@ -221,7 +221,7 @@ def _verified(directory: Path, config: dict[str, Any], name: str) -> Path:
     return path
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Checkpoint:
     """A loaded checkpoint: the model (eval mode), its vocabulary and its config.json."""
 
@@ -277,7 +277,7 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu", *, wit
                 resume = ResumeState({k: f.get_tensor(k) for k in f.keys()}, meta)
         except (SafetensorError, OSError, KeyError, TypeError, ValueError, RecursionError) as e:
             raise CheckpointError(f"{resume_path}: truncated or corrupt ({e})") from None
-    return Checkpoint(directory, model, vocab, config, resume)
+    return Checkpoint(path=directory, model=model, vocab=vocab, config=config, resume=resume)
 
 
 # -- finding checkpoints by name ----------------------------------------------------------

@@ -53,7 +53,7 @@ def _walk(directory: Path) -> list[Path]:
     return found
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sources:
     """The documents of a corpus, in reading order."""
 
@@ -105,7 +105,7 @@ def resolve_sources(specs: list[str] | list[Path]) -> Sources:
         else:
             raise CorpusError(f"{spec}: no such file or directory")
     unique = tuple(dict.fromkeys(p.resolve() for p in files))
-    return Sources(unique, tuple(sorted(binary)), tuple(unreadable))
+    return Sources(files=unique, skipped_binary=tuple(sorted(binary)), skipped_unreadable=tuple(unreadable))
 
 
 def codec_name(encoding: str) -> str:

@@ -93,7 +93,7 @@ def _scan(sources: Sources, encoding: str, separator: str) -> CorpusStats:
                        byte_counts=byte_counts)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EncodedCorpus:
     """A corpus as token ids (memory-mapped), with its vocabulary and provenance."""
 
@@ -186,7 +186,8 @@ def load_corpus(
         _encode_to(ids_path, sources, encoding, separator, vocab, n_tokens)
     ids = np.memmap(ids_path, dtype=vocab.dtype, mode="r", shape=(n_tokens,))
     specs = [str(Path(s).resolve()) if Path(s).exists() else str(s) for s in specs]
-    return EncodedCorpus(ids, vocab, key, stats, sources, encoding, separator, specs)
+    return EncodedCorpus(ids=ids, vocab=vocab, sha256=key, stats=stats, sources=sources, encoding=encoding,
+                         separator=separator, specs=specs)
 
 
 def _encode_to(path: Path, sources: Sources, encoding: str, separator: str, vocab: Vocab, n_tokens: int) -> None:

@@ -110,7 +110,7 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     run_dir: Path
     step: int
@@ -251,7 +251,8 @@ class Trainer:
             title = f"charnet {self.model.config.cell} {self.model.config.layers}x{self.model.config.hidden}"
             dist.on_main(lambda: mon.plot(title))
         mon.close()
-        return TrainResult(self.out, self.step, stopped, self.best_val, final_val, elapsed())
+        return TrainResult(run_dir=self.out, step=self.step, stopped=stopped, best_val=self.best_val, final_val=final_val,
+                           elapsed=elapsed())
 
     def close(self) -> None:
         """Drop the DDP wrapper, which holds the process group, before it is destroyed

@@ -253,7 +253,7 @@ def engine(tmp_path_factory) -> Engine:
     torch.manual_seed(0)
     vocab = Vocab.from_chars("abcdefghijklmnopqrstuvwxyz ,.:\n")
     model = CharRNN(ModelConfig(vocab_size=vocab.size, hidden=32, embedding=16, layers=2))
-    return Engine(Checkpoint(tmp_path_factory.mktemp("ckpt"), model.eval(), vocab, {}))
+    return Engine(Checkpoint(path=tmp_path_factory.mktemp("ckpt"), model=model.eval(), vocab=vocab, config={}))
 
 
 def test_one_failing_sequence_leaves_the_others_untouched(engine, boom):
