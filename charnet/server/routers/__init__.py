@@ -1,6 +1,6 @@
 """One router per resource: completions, generate, models, and health/ready/metrics."""
 
-from charnet.server.schemas import ErrorResponse
+from charnet.server.responses import ErrorResponse
 
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
     400: "Invalid request: a wrong type or value, named in `param`.",

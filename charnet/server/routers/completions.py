@@ -14,7 +14,8 @@ from charnet.server.deps import Model, ReadyState, lookup_model
 from charnet.server.errors import APIError
 from charnet.server.routers import ERRORS, SSE_EVENT
 from charnet.server.job import Job, Out
-from charnet.server.schemas import CompletionRequest, CompletionResponse
+from charnet.server.responses import CompletionResponse
+from charnet.server.schemas import CompletionRequest
 
 
 router = APIRouter(prefix="/v1", tags=["completions"])

@@ -20,7 +20,8 @@ from charnet.server.deps import ReadyState, lookup_model
 from charnet.server.errors import APIError
 from charnet.server.routers import ERRORS, SSE_EVENT
 from charnet.server.job import Out
-from charnet.server.schemas import GenerateRequest, GenerateResponse
+from charnet.server.responses import GenerateResponse
+from charnet.server.schemas import GenerateRequest
 
 router = APIRouter(prefix="/v1", tags=["generate"])
 

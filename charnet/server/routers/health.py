@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from charnet.server.deps import State
 from charnet.server.errors import APIError
 from charnet.server.routers import ERRORS
-from charnet.server.schemas import Health
+from charnet.server.responses import Health
 
 router = APIRouter(tags=["operations"])
 

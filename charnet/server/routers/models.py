@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from charnet.server.deps import Model, ReadyState, lookup_model
 from charnet.server.routers import ERRORS
-from charnet.server.schemas import ModelCard, ModelList
+from charnet.server.responses import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

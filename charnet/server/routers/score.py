@@ -21,7 +21,8 @@ from charnet.inference.scoring import Score
 from charnet.server import respond
 from charnet.server.deps import Model, ReadyState, lookup_model
 from charnet.server.routers import ERRORS
-from charnet.server.schemas import ScoreRequest, ScoreResponse
+from charnet.server.responses import ScoreResponse
+from charnet.server.schemas import ScoreRequest
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
