@@ -156,9 +156,12 @@ def _tokenizer(vocab: Vocab) -> LLTokenizer:
     return LLTokenizer(TokenizerWrapper(_Tokens(vocab)))
 
 
-# Computes the masks of a batch's rows in parallel. It runs between two model steps, when
-# every core is free, so it takes them all (llguidance's default leaves a fifth idle).
-_EXECUTOR = LLExecutor(num_threads=min(32, os.cpu_count() or 1))
+@functools.cache
+def _executor() -> LLExecutor:
+    # Computes the masks of a batch's rows in parallel, with every core (llguidance's
+    # default leaves a fifth idle). Made on first use: a process that forks before
+    # generating anything (server workers) must not inherit its threads.
+    return LLExecutor(num_threads=min(32, os.cpu_count() or 1))
 
 
 class Matcher:
@@ -215,7 +218,7 @@ def masks(matchers: list[Matcher], vocab_size: int) -> tuple[np.ndarray, np.ndar
 def _compute(matchers: list[Matcher], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     words = (vocab_size + 1 + 31) // 32
     bits = np.zeros((len(matchers), words), dtype=np.int32)
-    _EXECUTOR.unsafe_compute_mask_ptr([(m._m, i) for i, m in enumerate(matchers)], bits.ctypes.data, words * 4,
+    _executor().unsafe_compute_mask_ptr([(m._m, i) for i, m in enumerate(matchers)], bits.ctypes.data, words * 4,
                                       len(matchers))
     allowed = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little").astype(bool)
     return allowed[:, :vocab_size], allowed[:, vocab_size]
