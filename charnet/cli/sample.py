@@ -49,13 +49,13 @@ def sample(
                           "[-100, 100] to a character's logit (repeatable): -100 bans it, 100 forces it. CHAR is one "
                           "character (escapes such as \\n are understood) or id:N for token id N (charnet info "
                           "lists them).", show_default=False)] = None,
-    regex: Annotated[Optional[str], Opt(help="Constrain the text to match this regular expression (Rust regex "
+    regex: Annotated[Optional[str], Opt(metavar="PATTERN", help="Constrain the text to match this regular expression (Rust regex "
                                              "syntax).", show_default=False)] = None,
     json_schema: Annotated[Optional[Path], Opt("--json-schema", metavar="FILE", help="Constrain the text to JSON "
                                                "matching the JSON Schema in FILE.", show_default=False)] = None,
     grammar: Annotated[Optional[Path], Opt(metavar="FILE", help="Constrain the text to the context-free grammar in "
                                            "FILE (Lark or GBNF).", show_default=False)] = None,
-    choice: Annotated[Optional[list[str]], Opt("--choice", help="Constrain the text to one of these strings "
+    choice: Annotated[Optional[list[str]], Opt("--choice", metavar="TEXT", help="Constrain the text to one of these strings "
                                                "(repeatable).", show_default=False)] = None,
     seed: Annotated[Optional[int], Opt(help="Seed: the same seed gives the same text. [default: random, printed "
                                             "on stderr]", show_default=False)] = None,
