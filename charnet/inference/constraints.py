@@ -156,6 +156,13 @@ def _tokenizer(vocab: Vocab) -> LLTokenizer:
     return LLTokenizer(TokenizerWrapper(_Tokens(vocab)))
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled(grammar: str, vocab: Vocab) -> LLMatcher:
+    """A matcher at the start of `grammar`, compiled once per grammar and vocabulary:
+    checking a request, and each of its samples, start from copies of it."""
+    return LLMatcher(_tokenizer(vocab), grammar, log_level=0)
+
+
 @functools.cache
 def _executor() -> LLExecutor:
     # Computes the masks of a batch's rows in parallel, with every core (llguidance's
@@ -169,7 +176,7 @@ class Matcher:
 
     def __init__(self, constraint: Constraint, vocab: Vocab, matcher: LLMatcher | None = None) -> None:
         self.constraint, self.vocab = constraint, vocab
-        self._m = matcher if matcher is not None else LLMatcher(_tokenizer(vocab), constraint.grammar, log_level=0)
+        self._m = matcher if matcher is not None else _compiled(constraint.grammar, vocab).deep_copy()
         self.ahead: tuple[Future, int] | None = None
         """Its next mask, being computed by `prefetch` (a job and this matcher's row in it)."""
         if self._m.is_error():
