@@ -52,6 +52,15 @@ SCORE_SHARE = 0.1
 """Most of the loop's time scoring takes while anything generates."""
 
 
+def _failure(error: BaseException) -> tuple[int, str]:
+    """What a request that failed in the engine answers: 400 when its own settings cannot
+    be honoured (a value the model cannot take, a constraint its vocabulary cannot finish),
+    else 500 without the details."""
+    if isinstance(error, ConfigError):
+        return 400, str(error)
+    return 500, f"generation failed: {type(error).__name__}"
+
+
 class Scheduler:
     """One model's engine loop thread and its admission control."""
 
@@ -196,10 +205,10 @@ class Scheduler:
         except Exception as e:  # starting this request failed: only it fails (nothing of it has a row yet)
             for seq in seqs:
                 self._batch.cancel(seq)
-            status = 400 if isinstance(e, ConfigError) else 500
-            if status == 500:
+            error = _failure(e)
+            if error[0] == 500:
                 log.exception("starting a request on %s failed", self.name)
-            self._finish(job, (status, str(e) if status == 400 else f"generation failed: {type(e).__name__}"), out)
+            self._finish(job, error, out)
             return
         job.choices = [Choice(seed=s.seed, prompt_tokens=s.prompt_tokens) for s in seqs]
         self._seqs[job] = seqs
@@ -258,11 +267,10 @@ class Scheduler:
                 continue
             job, index = owner
             if piece.finish_reason == FINISH_ERROR:
-                if isinstance(piece.seq.error, ConfigError):  # its own settings cannot go on: a constraint
-                    self._end(job, (400, str(piece.seq.error)), out)  # this vocabulary cannot finish
-                    continue
-                self.metrics.failures.labels(self.name).inc()
-                self._end(job, (500, f"generation failed: {type(piece.seq.error).__name__}"), out)
+                error = _failure(piece.seq.error)
+                if error[0] == 500:
+                    self.metrics.failures.labels(self.name).inc()
+                self._end(job, error, out)
                 continue
             if piece.text or piece.finish_reason or piece.logprobs:
                 out.append((job, Out(index=index, text=piece.text, logprobs=tuple(piece.logprobs),
