@@ -62,13 +62,6 @@ def naive(engine: Engine, chars: int, seed: int = 0) -> float:
     return chars / (time.perf_counter() - start)
 
 
-def charnet_rate(engine: Engine, chars: int, streams: int = 1, seed: int = 0) -> float:
-    """Aggregate chars/s of `streams` sequences generated together."""
-    start = time.perf_counter()
-    engine.generate("\n", max_chars=chars, seed=seed, num_samples=streams)
-    return streams * chars / (time.perf_counter() - start)
-
-
 RECORDS = {"type": "array", "minItems": 1000, "items": {
     "type": "object", "additionalProperties": False, "required": ["name", "rank", "age", "seat"],
     "properties": {"name": {"type": "string", "maxLength": 16}, "rank": {"enum": ["duke", "earl", "knight"]},
@@ -78,10 +71,10 @@ RECORDS = {"type": "array", "minItems": 1000, "items": {
 instances are longer than any measurement, so no stream ends early."""
 
 
-def generated_rate(engine: Engine, chars: int, streams: int, seed: int, constraint: dict | None = None) -> float:
-    """Aggregate chars/s of `streams` sequences from an empty prompt, constrained or not."""
+def charnet_rate(engine: Engine, chars: int, streams: int = 1, seed: int = 0, constraint: dict | None = None) -> float:
+    """Aggregate chars/s of `streams` sequences generated together, constrained or not."""
     start = time.perf_counter()
-    outs = engine.generate("", max_chars=chars, seed=seed, num_samples=streams, constraint=constraint)
+    outs = engine.generate("\n", max_chars=chars, seed=seed, num_samples=streams, constraint=constraint)
     elapsed = time.perf_counter() - start
     return sum(o.completion_tokens for o in (outs if isinstance(outs, list) else [outs])) / elapsed
 
@@ -94,8 +87,8 @@ def constrained(engine: Engine, chars: int, rounds: int, streams: tuple[int, ...
     for n in streams:
         free, held = [], []
         for r in range(rounds):
-            free.append(generated_rate(engine, chars, n, seed=r))
-            held.append(generated_rate(engine, chars, n, seed=r, constraint=json_schema))
+            free.append(charnet_rate(engine, chars, n, seed=r))
+            held.append(charnet_rate(engine, chars, n, seed=r, constraint=json_schema))
         f, h = statistics.median(free), statistics.median(held)
         out[str(n)] = {"free_chars_per_s": f, "json_chars_per_s": h, "ratio": h / f}
     return out
