@@ -35,6 +35,7 @@ PARTS = {
     "train": "bench.train_throughput",
     "serve": "bench.serve_load",
     "hostile": "bench.hostile",
+    "finetune": "bench.finetune",
     "quality": "bench.quality",
 }
 SCHEMA = 1

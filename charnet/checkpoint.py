@@ -36,6 +36,7 @@ from safetensors.torch import save
 from charnet import __version__
 from charnet.checkpoint_files import (MAX_CONFIG_BYTES, MAX_TOKENIZER_BYTES, check_config, check_header,
                                       expected_shapes, load_weights, model_config, read_json)
+from charnet.documents import DEFAULT_START
 from charnet.errors import CharnetError, CheckpointError
 from charnet.model import CharRNN
 from charnet.tokenizer import Vocab
@@ -43,6 +44,9 @@ from charnet.tokenizer import Vocab
 FORMAT = "charnet"
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS, TOKENIZER, RESUME = "config.json", "model.safetensors", "tokenizer.json", "resume.safetensors"
+MAX_DOCUMENT_START = 256
+"""Longest ``corpus.document_start`` a checkpoint may record (a separator is short)."""
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -234,6 +238,19 @@ class Checkpoint:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.config.get("metrics", {})
+
+    @property
+    def document_start(self) -> str:
+        """What an empty prompt primes the model with (`charnet.documents.document_start`),
+        `DEFAULT_START` where config.json records nothing usable."""
+        start = (self.config.get("corpus") or {}).get("document_start")
+        if not (isinstance(start, str) and 0 < len(start) <= MAX_DOCUMENT_START):
+            return DEFAULT_START
+        try:
+            start.encode("utf-8")  # JSON can spell a lone surrogate, which no text holds
+        except UnicodeEncodeError:
+            return DEFAULT_START
+        return start
 
 
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu", *, with_resume: bool = False) -> Checkpoint:

@@ -14,9 +14,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from charnet.documents import DOCUMENTS
 from charnet.errors import ConfigError
 
 CELLS = ("rnn", "lstm", "peephole", "gru")
+MAX_SAMPLES = 16
+"""Most samples the trainer writes at once (each costs a generation pass)."""
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -28,6 +31,11 @@ MAX_WIDTH = 1 << 16
 """Caps on a model's shape, checked before anything is built from a config: a
 checkpoint's config.json cannot ask for more (a larger model would not fit a machine's
 memory anyway)."""
+
+FINETUNE_LR = 5e-4
+"""The peak learning rate of a run started from a trained model (``--init-from``) when
+none is given: a quarter of training's default, so the first steps refine what the
+model knows instead of overwriting it."""
 
 DEFAULT_MAX_TIME = 10 * 60.0
 """Seconds `charnet train` runs for when given no --max-steps, --epochs or --max-time."""
@@ -120,7 +128,8 @@ class TrainConfig:
     """Parallel contiguous streams per step (per process when distributed)."""
 
     lr: float = 2e-3
-    """Peak learning rate of AdamW, reached after warmup, then cosine-decayed."""
+    """Peak learning rate of AdamW, reached after warmup, then cosine-decayed
+    (`FINETUNE_LR` is `charnet train --init-from`'s default)."""
 
     min_lr_ratio: float = 0.1
     """The cosine schedule ends at ``lr * min_lr_ratio``."""
@@ -180,8 +189,33 @@ class TrainConfig:
     float32 elsewhere. On CPUs with native bf16 (AVX512-BF16, AMX) bfloat16 trains
     1.7-2x faster."""
 
+    documents: str = "files"
+    """What a document of the corpus is (`charnet.documents`): ``files``, running text
+    read as contiguous streams; ``lines``, every non-empty line, shuffled each epoch
+    and each fed from the start-of-document state."""
+
+    samples: int = 3
+    """Samples generated with the current weights every `sample_every` steps (shown
+    under the progress bar, kept in metrics.jsonl and TensorBoard); 0 turns them off."""
+
+    sample_every: int | None = None
+    """Steps between samples; None: at every evaluation (`eval_every`)."""
+
+    sample_chars: int = 200
+    """Characters per sample at most (a line model's sample also ends with its line)."""
+
+    sample_prompt: str = ""
+    """Text every sample continues; empty starts a new document."""
+
     def __post_init__(self) -> None:
-        _positive(self, "seq_len", "batch_size", "eval_every", "log_every", "eval_chars")
+        _positive(self, "seq_len", "batch_size", "eval_every", "log_every", "eval_chars", "sample_chars")
+        _choice(self, "documents", DOCUMENTS)
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or not 0 <= self.samples <= MAX_SAMPLES:
+            raise ConfigError("samples", f"must be an integer in [0, {MAX_SAMPLES}], got {self.samples!r}")
+        if self.sample_every is not None and (not isinstance(self.sample_every, int) or self.sample_every < 0):
+            raise ConfigError("sample_every", f"must be zero (never) or a positive step count, got {self.sample_every!r}")
+        if not isinstance(self.sample_prompt, str):
+            raise ConfigError("sample_prompt", f"must be text, got {self.sample_prompt!r}")
         for name in ("lr",):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):

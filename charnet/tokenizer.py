@@ -47,15 +47,18 @@ def _char_split() -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
 
 
+def _char_tokenizer(ids: dict[str, int]) -> Tokenizer:
+    tok = Tokenizer(models.WordLevel(ids, unk_token=UNK))
+    tok.pre_tokenizer = _char_split()
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
 def build_char_tokenizer(chars: Iterable[str]) -> Tokenizer:
     """A tokenizer with id 0 for unknown characters and one id per character, in
     code-point order (so the same character set always gives the same ids)."""
     ordered = sorted(set(chars) - {UNK})
-    vocab = {UNK: UNK_ID, **{c: i + 1 for i, c in enumerate(ordered)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tok.pre_tokenizer = _char_split()
-    tok.decoder = decoders.Fuse()
-    return tok
+    return _char_tokenizer({UNK: UNK_ID, **{c: i + 1 for i, c in enumerate(ordered)}})
 
 
 def build_byte_tokenizer() -> Tokenizer:
@@ -120,6 +123,22 @@ class Vocab:
     def unk_id(self) -> int | None:
         """The id unknown characters map to (None for bytes, which cover everything)."""
         return UNK_ID if self.kind == "char" else None
+
+    def missing(self, chars: Iterable[str]) -> list[str]:
+        """The characters of `chars` this vocabulary has no id for, in code-point order
+        (none for bytes, which cover every text)."""
+        if self.kind == "byte":
+            return []
+        return sorted(set(chars) - set(self._id_to_token))
+
+    def extended(self, chars: Iterable[str]) -> Vocab:
+        """This vocabulary with the `missing` characters of `chars` appended as new ids:
+        every existing id keeps its character, so a model's rows keep their meaning."""
+        new = self.missing(chars)
+        if not new:
+            return self
+        ids = {token: i for i, token in enumerate(self._id_to_token)}
+        return Vocab(_char_tokenizer({**ids, **{c: self.size + i for i, c in enumerate(new)}}))
 
     # -- fast paths -----------------------------------------------------------------------
 

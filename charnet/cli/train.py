@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from charnet.cli import app, unescape
-from charnet.config import DEFAULT_MAX_TIME, ModelConfig, TrainConfig, parse_duration
+from charnet.config import DEFAULT_MAX_TIME, FINETUNE_LR, ModelConfig, TrainConfig, parse_duration
+from charnet.documents import LINE_BREAK
 from charnet.errors import CharnetError
 
 M = ModelConfig(vocab_size=1)  # the defaults, for --help
@@ -37,6 +38,11 @@ class TokenizerKind(str, Enum):
     byte = "byte"
 
 
+class Documents(str, Enum):
+    files = "files"
+    lines = "lines"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -47,7 +53,11 @@ class Device(str, Enum):
 MODEL_OPTS = {"model": "cell", "layers": "layers", "hidden": "hidden", "embedding": "embedding",
               "dropout": "dropout", "tie_embeddings": "tie_embeddings"}
 # Options that define the run; on --resume they must match it (budgets may change).
-FIXED_TRAIN_OPTS = ("seq_len", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "val_fraction", "seed")
+FIXED_TRAIN_OPTS = ("seq_len", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "val_fraction", "seed",
+                    "documents")
+# Options a resumed run may change: they decide when to stop, what to show, where to run.
+RESUME_OVERRIDES = ("eval_every", "eval_chars", "patience", "device", "compile", "precision", "samples",
+                    "sample_every", "sample_chars", "sample_prompt")
 
 Opt = typer.Option
 
@@ -58,6 +68,13 @@ def train(
     corpus: Annotated[Optional[list[str]], typer.Argument(
         help="Text files, directories (read recursively) or globs such as 'src/**/*.py'; documents are "
              "joined with --separator. [default: the bundled corpora/shakespeare.txt]", show_default=False)] = None,
+    init_from: Annotated[Optional[str], Opt(metavar="CHECKPOINT", help="Fine-tune: start from this checkpoint (a path, a "
+                                            "run directory or a name such as shakespeare), its shape and vocabulary "
+                                            "(extended with the corpus' new characters); fresh optimizer and schedule, "
+                                            f"--lr {FINETUNE_LR:g} unless given.", show_default=False)] = None,
+    documents: Annotated[Documents, Opt(help="files: running text, files joined by --separator; lines: every non-empty "
+                                             "line is a document (a name, a title), shuffled each epoch, each started "
+                                             "afresh and ended with a line break.")] = Documents.files,
     model: Annotated[Cell, Opt(help="Recurrent cell: rnn, lstm, peephole (LSTM with peepholes) or gru.")] = Cell(M.cell),
     layers: Annotated[int, Opt(min=1, help="Stacked recurrent layers.")] = M.layers,
     hidden: Annotated[int, Opt(min=1, help="Units per recurrent layer.")] = M.hidden,
@@ -66,7 +83,9 @@ def train(
     tie_embeddings: Annotated[bool, Opt(help="Share input embedding and output weights (needs --embedding = --hidden).")] = False,
     seq_len: Annotated[int, Opt(min=1, help="Characters per truncated-BPTT window.")] = T.seq_len,
     batch_size: Annotated[int, Opt(min=1, help="Parallel streams per step (per process under torchrun).")] = T.batch_size,
-    lr: Annotated[float, Opt(help="Peak AdamW learning rate (warmup, then cosine decay to a tenth).")] = T.lr,
+    lr: Annotated[Optional[float], Opt(help=f"Peak AdamW learning rate (warmup, then cosine decay to a tenth). "
+                                            f"[default: {T.lr:g}; {FINETUNE_LR:g} with --init-from]",
+                                       show_default=False)] = None,
     weight_decay: Annotated[float, Opt(help="AdamW weight decay on weight matrices.")] = T.weight_decay,
     warmup: Annotated[int, Opt(min=0, help="Learning-rate warmup steps.")] = T.warmup_steps,
     grad_clip: Annotated[float, Opt(help="Clip the global gradient norm to this (0: off).")] = T.grad_clip,
@@ -80,6 +99,13 @@ def train(
                                    "(the final one scores all).")] = T.eval_chars,
     patience: Annotated[Optional[int], Opt(min=1, help="Stop early after this many evaluations without a new best.",
                                            show_default=False)] = None,
+    samples: Annotated[int, Opt(min=0, help="Samples drawn with the current weights at each evaluation, shown and "
+                                            "kept in metrics.jsonl (0: none).")] = T.samples,
+    sample_every: Annotated[Optional[int], Opt(min=0, help="Steps between samples (0: never). [default: --eval-every]",
+                                               show_default=False)] = None,
+    sample_chars: Annotated[int, Opt(min=1, help="Characters per sample at most.")] = T.sample_chars,
+    sample_prompt: Annotated[str, Opt(help="Text the samples continue (empty: a new document; escapes such as \\n "
+                                           "are understood).")] = T.sample_prompt,
     seed: Annotated[int, Opt(help="Random seed: same seed, same device, same losses.")] = T.seed,
     device: Annotated[Device, Opt(help="auto picks CUDA when present, then MPS, else CPU.")] = Device.auto,
     compile: Annotated[bool, Opt(help="torch.compile the model (needs a C++ compiler on CPU).")] = False,
@@ -102,14 +128,23 @@ def train(
     and exits with code 130; run again with --resume to continue.
     """
     from charnet.checkpoint import load_checkpoint
-    from charnet.training.corpus import bundled_corpus
+    from charnet.corpus import bundled_corpus
     from charnet.training.data import load_corpus
     from charnet.training.distributed import from_env, shutdown
+    from charnet.training.finetune import grow
+    from charnet.training.finetune import lineage as fine_tune_lineage
     from charnet.training.trainer import Trainer, prepare_out_dir
 
     if resume and force:
         raise CharnetError("--resume and --force contradict each other; pick one")
-    sep = unescape(separator)
+    if resume and init_from:
+        raise CharnetError("--init-from starts a new run from a checkpoint and --resume continues the run in --out; "
+                           "pick one")
+    lines = documents is Documents.lines
+    if lines and _given(ctx, "separator"):
+        raise CharnetError("--separator joins files of running text; with --documents lines every file ends a line")
+    sep = LINE_BREAK if lines else unescape(separator)
+    parent = _parent(ctx, init_from) if init_from else None  # its contradictions, before --out is touched
     specs = list(corpus or [])
     if not specs and not resume:
         default = bundled_corpus()
@@ -118,7 +153,7 @@ def train(
         specs = [str(default)]
     if out is None:
         name = Path(specs[0].split("*")[0].rstrip("/") or "corpus").stem if specs else "run"
-        out = Path("runs") / f"{name or 'corpus'}-{model.value}"
+        out = Path("runs") / f"{name or 'corpus'}-{parent.model.config.cell if parent else model.value}"
 
     dist = from_env(device.value)
     trainer = None
@@ -126,7 +161,7 @@ def train(
         # Only the main process touches --out; the others wait, and fail with it.
         dist.on_main(lambda: prepare_out_dir(out, resume=resume, force=force))
         budgets = dict(max_steps=max_steps, epochs=epochs, max_time=parse_duration(max_time) if max_time else None)
-        checkpoint = None
+        checkpoint, init, lineage = None, None, None
         if resume:
             checkpoint = load_checkpoint(out / "last", with_resume=True)
             saved = checkpoint.config
@@ -136,16 +171,14 @@ def train(
             # A new budget replaces the old one entirely, in one replace: an interim config
             # with no budget at all would take on the default --max-time.
             given = budgets if any(v is not None for v in budgets.values()) else {}
-            overrides = {name: value for name, value in (("eval_every", eval_every), ("eval_chars", eval_chars),
-                         ("patience", patience), ("device", device.value), ("compile", compile),
-                         ("precision", precision.value))
-                         if _given(ctx, name)}
+            overrides = {name: _value(ctx, name) for name in RESUME_OVERRIDES if _given(ctx, name)}
             if _given(ctx, "batch_size"):  # _check_unchanged allowed it: the global batch is the run's
                 overrides["batch_size"] = batch_size
             train_cfg = dataclasses.replace(base, **given, **overrides)
             specs = specs or saved["corpus"].get("specs") or []
             corpus_data = load_corpus(specs, vocab=checkpoint.vocab, encoding=saved["corpus"]["encoding"],
                                       separator=saved["corpus"]["separator"])
+            lineage = saved.get("parent")
             if corpus_data.sha256 != saved["corpus"]["sha256"]:
                 raise CharnetError("--resume: the corpus differs from the one this run was trained on; "
                                    "give the same corpus, or start a new run")
@@ -153,19 +186,35 @@ def train(
             # Validate every option before the (possibly long) first pass over the corpus.
             model_cfg = ModelConfig(vocab_size=1, cell=model.value, layers=layers, hidden=hidden,
                                     embedding=embedding, dropout=dropout, tie_embeddings=tie_embeddings)
-            train_cfg = TrainConfig(seq_len=seq_len, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                    warmup_steps=warmup, grad_clip=grad_clip, val_fraction=val_fraction,
-                                    eval_every=eval_every, eval_chars=eval_chars, patience=patience, seed=seed,
-                                    device=device.value, compile=compile, precision=precision.value, **budgets)
-            corpus_data = load_corpus(specs, tokenizer=tokenizer.value, encoding=encoding, separator=sep)
-            model_cfg = dataclasses.replace(model_cfg, vocab_size=corpus_data.vocab.size)
+            default_lr = FINETUNE_LR if parent is not None else T.lr
+            train_cfg = TrainConfig(seq_len=seq_len, batch_size=batch_size, lr=default_lr if lr is None else lr,
+                                    weight_decay=weight_decay, warmup_steps=warmup, grad_clip=grad_clip,
+                                    val_fraction=val_fraction, eval_every=eval_every, eval_chars=eval_chars,
+                                    patience=patience, seed=seed, device=device.value, compile=compile,
+                                    precision=precision.value, documents=documents.value, samples=samples,
+                                    sample_every=sample_every, sample_chars=sample_chars,
+                                    sample_prompt=unescape(sample_prompt), **budgets)
+            require = LINE_BREAK if lines else ""
+            if parent is None:
+                corpus_data = load_corpus(specs, tokenizer=tokenizer.value, require=require, encoding=encoding,
+                                          separator=sep)
+                model_cfg = dataclasses.replace(model_cfg, vocab_size=corpus_data.vocab.size)
+            else:
+                corpus_data = load_corpus(specs, vocab=parent.vocab, extend=True, require=require, encoding=encoding,
+                                          separator=sep)
+                init = grow(parent.model, corpus_data.vocab.size, parent.vocab.unk_id, dropout)
+                model_cfg = init.config
+                added = [corpus_data.vocab.display(i) for i in range(parent.vocab.size, corpus_data.vocab.size)]
+                lineage = fine_tune_lineage(parent, init_from, added)
+                dist.on_main(lambda: print(_vocabulary_line(parent, added)))
         if dist.main:
             skipped = corpus_data.sources
             for path, why in skipped.skipped_unreadable:
                 print(f"warning: skipped {path}: {why}", file=sys.stderr)
             if skipped.skipped_binary:
                 print(f"warning: skipped {len(skipped.skipped_binary)} binary files", file=sys.stderr)
-        trainer = Trainer(corpus_data, model_cfg, train_cfg, out, dist=dist, resume=checkpoint)
+        trainer = Trainer(corpus_data, model_cfg, train_cfg, out, dist=dist, resume=checkpoint, init=init,
+                          parent=lineage)
         result = trainer.fit()
         # The others wait for the report: a process that exits first with 130 makes
         # torchrun stop the rest, which could cut the main one short.
@@ -183,6 +232,35 @@ def train(
         raise typer.Exit(130)
 
 
+def _parent(ctx: typer.Context, spec: str):
+    """The --init-from checkpoint, loaded; a given shape option that contradicts it is
+    an error naming the option."""
+    from charnet.checkpoint import find, load_checkpoint
+    from charnet.training.finetune import shape_conflicts
+
+    parent = load_checkpoint(find(spec))
+    given = {opt: _value(ctx, opt) for opt in (*MODEL_OPTS, "tokenizer") if _given(ctx, opt) and opt != "dropout"}
+    for opt, new, old in shape_conflicts(parent.model.config, parent.vocab, given):
+        flag = "--" + opt.replace("_", "-")
+        raise CharnetError(f"--init-from {spec}: {flag} {new!r} contradicts the checkpoint's {old!r}; a fine-tuned "
+                           f"model keeps its parent's shape, so drop {flag}")
+    return parent
+
+
+def _vocabulary_line(parent, added: list[str]) -> str:
+    if not added:
+        return f"vocabulary: the parent's {parent.vocab.size} tokens cover the corpus"
+    shown = " ".join(repr(c) for c in added[:20]) + (" ..." if len(added) > 20 else "")
+    return f"vocabulary: the parent's {parent.vocab.size} tokens + {len(added)} new characters: {shown}"
+
+
+def _value(ctx: typer.Context, name: str):
+    """An option's value as the config stores it (enums by value, text unescaped)."""
+    value = ctx.params[name]
+    value = value.value if isinstance(value, Enum) else value
+    return unescape(value) if name in ("separator", "sample_prompt") else value
+
+
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether option `name` was typed on the command line (not left at its default)."""
     source = ctx.get_parameter_source(name)
@@ -193,17 +271,15 @@ def _check_unchanged(ctx: typer.Context, saved: dict, world_size: int) -> None:
     """On --resume, an explicitly given option that would change the run is an error.
     --batch-size may change with the number of processes, as long as the global batch
     (batch size x processes) stays the run's: the streams, and so the run, are the same."""
+    base = TrainConfig.from_dict(saved["training"])  # settings older runs did not record take their defaults
     recorded = {**{opt: saved["model"][field] for opt, field in MODEL_OPTS.items()},
-                **{opt: saved["training"].get("warmup_steps" if opt == "warmup" else opt) for opt in FIXED_TRAIN_OPTS},
+                **{opt: getattr(base, "warmup_steps" if opt == "warmup" else opt) for opt in FIXED_TRAIN_OPTS},
                 "tokenizer": saved["tokenizer"]["kind"], "encoding": saved["corpus"]["encoding"],
                 "separator": saved["corpus"]["separator"]}
     for opt, old in recorded.items():
         if not _given(ctx, opt):
             continue
-        new = ctx.params[opt]
-        new = new.value if isinstance(new, Enum) else new
-        if opt == "separator":
-            new = unescape(new)
+        new = _value(ctx, opt)
         if opt == "batch_size":
             old_world = saved["training"].get("world_size", 1)
             global_batch = old * old_world

@@ -37,6 +37,7 @@ from charnet.inference.kernel import StepKernel
 from charnet.inference.prompt_cache import PromptCache
 from charnet.inference.request import GenerationRequest
 from charnet.inference.sampling import REPETITION_WINDOW, BatchParams, choose, uniform
+from charnet.documents import DEFAULT_START
 from charnet.tokenizer import Vocab
 
 
@@ -47,8 +48,10 @@ class Batch:
     """
 
     def __init__(self, kernel: StepKernel, vocab: Vocab, cache: PromptCache | None = None, *,
-                 auto_admit: bool = True) -> None:
+                 auto_admit: bool = True, document_start: str = DEFAULT_START) -> None:
+        """`document_start`: what an empty prompt primes (`Checkpoint.document_start`)."""
         self.kernel, self.vocab = kernel, vocab
+        self.start = vocab.encode(document_start)
         self.cache = cache if cache is not None else PromptCache(max_bytes=0)
         self.auto_admit = auto_admit
         self.seqs: list[Sequence] = []  # the sequences with rows, by row
@@ -94,7 +97,7 @@ class Batch:
         others fork from it when it is primed (their seeds derived as in
         `charnet.inference.sampling.derive_seed`)."""
         request = request.for_vocab(self.vocab)
-        leader = Sequence(request, self.vocab)
+        leader = Sequence(request, self.vocab, start=self.start)
         seqs = [leader] + [leader.sibling(i, self.vocab) for i in range(1, count)]
         if request.max_chars == 0:
             for seq in seqs:

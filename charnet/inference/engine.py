@@ -28,6 +28,7 @@ from charnet.device import resolve_device
 from charnet.errors import ConfigError
 from charnet.inference.generation import CharLogprob, Sequence
 from charnet.inference.kernel import StepKernel
+from charnet.inference.novelty import Novelty, NoveltyReport
 from charnet.inference.prompt_cache import DEFAULT_MAX_BYTES, PromptCache
 from charnet.inference.request import GenerationRequest
 from charnet.inference.scoring import Score, score_ids
@@ -102,7 +103,8 @@ class Engine:
     def new_batch(self, *, auto_admit: bool = True) -> Batch:
         """An empty batch sharing this engine's kernel and prompt cache (hold `lock`
         while driving it)."""
-        return Batch(self.kernel, self.vocab, self.cache, auto_admit=auto_admit)
+        return Batch(self.kernel, self.vocab, self.cache, auto_admit=auto_admit,
+                     document_start=self.checkpoint.document_start)
 
     # -- generation -----------------------------------------------------------------------
 
@@ -142,6 +144,16 @@ class Engine:
                         raise piece.seq.error
                     if piece.text:
                         yield piece.text
+
+    # -- novelty --------------------------------------------------------------------------
+
+    def novelty(self, samples: str | list[str], corpus: str | Path | list[str | Path]) -> NoveltyReport:
+        """Which of `samples` (or of their lines, for a line model) the `corpus` holds,
+        read the way this model was trained on it (`charnet.inference.novelty`):
+        ``model.novelty(texts, "corpora/names.txt").fractions["new"]``."""
+        specs = [corpus] if isinstance(corpus, (str, Path)) else list(corpus)
+        texts = [samples] if isinstance(samples, str) else list(samples)
+        return Novelty.for_checkpoint(specs, self.checkpoint.config).check(texts)
 
     # -- scoring --------------------------------------------------------------------------
 

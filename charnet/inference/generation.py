@@ -21,7 +21,7 @@ import numpy as np
 from torch import Tensor
 
 from charnet.inference.constraints import Matcher, Utf8
-from charnet.inference.request import EMPTY_PROMPT, GenerationRequest
+from charnet.inference.request import GenerationRequest
 from charnet.inference.sampling import REPETITION_WINDOW, derive_seed
 from charnet.inference.stops import StopMatcher
 from charnet.tokenizer import Vocab
@@ -63,7 +63,8 @@ class Sequence:
     _ids = itertools.count()
 
     def __init__(self, request: GenerationRequest, vocab: Vocab, encoded: np.ndarray | None = None,
-                 matcher: Matcher | None = None) -> None:
+                 matcher: Matcher | None = None, *, start: np.ndarray) -> None:
+        """`start`: the tokens an empty prompt primes (the model's document start)."""
         if request.params.seed is None:
             request = dataclasses.replace(request, params=request.params.with_seed())
         self.id = next(self._ids)
@@ -78,7 +79,7 @@ class Sequence:
         self.encoded = encoded
         self.prompt_tokens = len(encoded)
         self.unknown_prompt_chars = vocab.count_unknown(encoded)
-        self.prompt_ids = encoded if len(encoded) else vocab.encode(EMPTY_PROMPT)
+        self.prompt_ids = encoded if len(encoded) else start
         self.primed = 0
         """Prompt tokens the sequence's state covers; it samples once all are."""
         self.marks: dict[int, bytes] = {}
@@ -104,7 +105,7 @@ class Sequence:
         one), seed derived as in `charnet.inference.sampling.derive_seed`."""
         params = dataclasses.replace(self.request.params, seed=derive_seed(self.seed, index))
         other = Sequence(dataclasses.replace(self.request, params=params), vocab, self.encoded,
-                         self.matcher.copy() if self.matcher is not None else None)
+                         self.matcher.copy() if self.matcher is not None else None, start=self.prompt_ids)
         other.leader = self
         self.followers.append(other)
         return other

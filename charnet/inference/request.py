@@ -23,10 +23,6 @@ MAX_CHARS = 100_000
 MAX_LOGPROBS = 20
 """Most alternatives per character that `logprobs` may ask for (as vLLM allows)."""
 
-EMPTY_PROMPT = "\n\n"
-"""What an empty prompt primes the model with: the blank line `charnet train` puts
-between documents, so an empty prompt starts a fresh document. It is not returned."""
-
 
 def lone_surrogate(text: str) -> int | None:
     """Index of the first lone surrogate in `text` (JSON's "\\ud800" decodes to one, and
@@ -51,7 +47,8 @@ class GenerationRequest:
     """One sequence to generate."""
 
     prompt: str = ""
-    """Text the sequence continues; empty starts a new document (`EMPTY_PROMPT`)."""
+    """Text the sequence continues; empty starts a new document (the model is primed
+    with its checkpoint's `document_start`, which is not returned)."""
 
     max_chars: int = 256
     """Tokens to generate at most (characters, or bytes for a byte vocabulary)."""

@@ -16,41 +16,19 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from charnet.training.corpus import DEFAULT_SEPARATOR, Sources, fingerprint, iter_text, resolve_sources
+from charnet.atomic import atomic_file, atomic_write_bytes
+from charnet.corpus import DEFAULT_SEPARATOR, Sources, cache_dir, fingerprint, iter_text, resolve_sources
 from charnet.errors import CorpusError
 from charnet.tokenizer import Vocab, vocab_for
 
 _SAMPLE_CHARS = 1 << 16
 _BINCOUNT_SLICE = 1 << 20
-
-
-def cache_dir() -> Path:
-    """``$CHARNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/charnet``, else ``~/.cache/charnet``."""
-    if env := os.environ.get("CHARNET_CACHE_DIR"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "charnet"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -144,6 +122,8 @@ def load_corpus(
     *,
     tokenizer: str = "char",
     vocab: Vocab | None = None,
+    extend: bool = False,
+    require: str = "",
     encoding: str = "utf-8",
     separator: str = DEFAULT_SEPARATOR,
     cache: Path | None = None,
@@ -151,8 +131,10 @@ def load_corpus(
     """Resolve, validate, scan and encode a corpus, reusing the on-disk cache.
 
     With `vocab` given (resuming, evaluating) the text is encoded with it and unseen
-    characters become its unknown id; otherwise a `tokenizer` vocabulary is built from
-    the characters of the corpus.
+    characters become its unknown id, unless `extend` (fine-tuning) appends them to
+    it (`Vocab.extended`); otherwise a `tokenizer` vocabulary is built from the
+    characters of the corpus. The characters of `require` get ids either way (a
+    line corpus needs its line break even when it holds a single line).
     """
     sources = resolve_sources(specs)
     if not sources.files:
@@ -175,11 +157,12 @@ def load_corpus(
             stats = None  # a damaged cache entry is rebuilt, never trusted
     if stats is None:
         stats = _scan(sources, encoding, separator)
-        _atomic_write_bytes(meta_path, json.dumps(stats.__dict__, ensure_ascii=True).encode())
+        atomic_write_bytes(meta_path, json.dumps(stats.__dict__, ensure_ascii=True).encode())
     if stats.chars == 0:
         raise CorpusError("corpus is empty")
 
-    vocab = vocab or vocab_for(tokenizer, stats.char_counts)
+    chars = [*stats.char_counts, *require]
+    vocab = (vocab.extended(chars) if extend else vocab) if vocab is not None else vocab_for(tokenizer, chars)
     n_tokens = stats.utf8_bytes if vocab.kind == "byte" else stats.chars
     ids_path = folder / f"{vocab.fingerprint[:24]}.{vocab.dtype.name}"
     if not (ids_path.exists() and ids_path.stat().st_size == n_tokens * vocab.dtype.itemsize):
@@ -191,10 +174,9 @@ def load_corpus(
 
 
 def _encode_to(path: Path, sources: Sources, encoding: str, separator: str, vocab: Vocab, n_tokens: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        written, checked = 0, False
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(path) as f:
+            written, checked = 0, False
             for chunk in iter_text(sources, encoding, separator):
                 if not checked:
                     vocab.check(chunk[:_SAMPLE_CHARS])
@@ -202,17 +184,10 @@ def _encode_to(path: Path, sources: Sources, encoding: str, separator: str, voca
                 ids = vocab.encode(chunk)
                 ids.tofile(f)
                 written += len(ids)
-            f.flush()
-            os.fsync(f.fileno())
-        if written != n_tokens:
-            raise CorpusError("corpus changed while it was being read; run again")
-        os.replace(tmp, path)
+            if written != n_tokens:
+                raise CorpusError("corpus changed while it was being read; run again")
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise CorpusError(f"cannot write the encoded corpus to {path.parent} ({e.strerror}); set CHARNET_CACHE_DIR") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Streams:
@@ -239,9 +214,18 @@ class Streams:
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.starts = (rank * batch_size + np.arange(batch_size)) * self.stream_len
+        self.chars = len(data)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
+
+    def epoch(self, number: int) -> Streams:
+        """The plan of an epoch: every epoch reads the same windows."""
+        return self
+
+    def fresh(self, k: int) -> bool:
+        """Whether window k starts from the zero state: the first of every epoch."""
+        return k == 0
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, seq_len) int64, for window k."""
@@ -276,6 +260,10 @@ class EvalStreams:
 
     def __len__(self) -> int:
         return -(-self.stream_len // self.seq_len)
+
+    def fresh(self, k: int) -> bool:
+        """Whether window k starts from the zero state (the first; the rest carry it)."""
+        return k == 0
 
     @property
     def targets(self) -> int:

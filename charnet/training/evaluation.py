@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from charnet.training.data import IGNORE, EvalStreams
+from charnet.training.line_batches import LineEval
 from charnet.model import CharRNN
 
 
@@ -20,15 +21,18 @@ def autocast_for(device: torch.device, precision: str = "auto"):
 
 
 @torch.no_grad()
-def evaluate(model: CharRNN, streams: EvalStreams, device: torch.device, precision: str = "auto") -> tuple[float, int]:
+def evaluate(model: CharRNN, streams: EvalStreams | LineEval, device: torch.device,
+             precision: str = "auto") -> tuple[float, int]:
     """(summed loss in nats, tokens scored) over every window of `streams`, the state
-    carried across windows."""
+    carried from one window to the next unless the next starts afresh."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     state = None
     try:
         for k in range(len(streams)):
+            if streams.fresh(k):
+                state = None
             x, y = (t.to(device, non_blocking=True) for t in streams.batch(k))
             with autocast_for(device, precision):
                 logits, state = model(x, state)

@@ -1,5 +1,6 @@
 """What a training run shows and records: a rich progress bar, a JSONL metrics log,
-TensorBoard scalars (when tensorboard is installed) and a loss-curve PNG at the end.
+TensorBoard scalars and sample texts (when tensorboard is installed) and a loss-curve PNG
+at the end.
 
 Only the main process of a distributed run monitors; the others get a `Monitor` with
 ``enabled=False``, whose methods do nothing.
@@ -122,6 +123,19 @@ class Monitor:
             self._writer.add_scalar("val/bpc", bits(val_loss), step)
         mark = "  (best)" if best else ""
         self.print(f"step {step}: val {val_loss:.4f} nats/char, {bits(val_loss):.4f} bits/char{mark}")
+
+    def samples(self, step: int, texts: list[str], elapsed: float) -> None:
+        """Samples drawn with the current weights: shown one line each (line breaks as
+        ↵), kept whole in metrics.jsonl and as TensorBoard text."""
+        if not self.enabled:
+            return
+        self._write({"step": step, "samples": texts, "elapsed_s": round(elapsed, 2)})
+        if self._writer:
+            # TensorBoard renders text as Markdown: a code block keeps it verbatim.
+            self._writer.add_text("samples", "\n\n".join(f"    {t}".replace("\n", "\n    ") for t in texts), step)
+        width = max(20, self.console.width - 8)
+        shown = [t.replace("\n", "↵") for t in texts]
+        self.print("\n".join([f"step {step} samples:"] + [f"  {i + 1}│ {t[:width]}" for i, t in enumerate(shown)]))
 
     def close(self) -> None:
         self.stop()

@@ -1,8 +1,9 @@
 """The training loop.
 
-Truncated backpropagation through time over contiguous streams (`charnet.training.data.Streams`):
-the recurrent state is carried, detached, from one window to the next and reset at the
-start of every epoch. AdamW with decoupled weight decay on matrices, global-norm
+Truncated backpropagation through time over contiguous streams (`charnet.training.data.Streams`)
+or over batches of line documents (`charnet.training.line_batches`): the recurrent state is
+carried, detached, from one window to the next and reset where a window starts its text
+afresh (every epoch's start; every batch of documents). AdamW with decoupled weight decay on matrices, global-norm
 gradient clipping, linear warmup then cosine decay. Validation every `eval_every` steps,
 which also saves the last checkpoint (with everything needed to resume exactly) and the
 best one. Budgets: steps, epochs, wall time; early stopping on validation patience.
@@ -31,12 +32,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from charnet.checkpoint import Checkpoint, ResumeState, recover, save_checkpoint
 from charnet.config import ModelConfig, TrainConfig
-from charnet.training.data import EncodedCorpus, EvalStreams, Streams
+from charnet.documents import document_start
+from charnet.training.data import IGNORE, EncodedCorpus, EvalStreams, Streams
+from charnet.training.line_batches import LineBatches, LineDocuments, LineEval
 from charnet.device import native_bf16, resolve_device
 from charnet.training.distributed import Dist
 from charnet.errors import CharnetError, ConfigError
 from charnet.training.evaluation import autocast_for, evaluate
 from charnet.model import CharRNN, detach_state
+from charnet.training import samples
 from charnet.training.monitor import Monitor
 from charnet.units import bits
 
@@ -60,6 +64,27 @@ def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
     for name in held:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def training_data(corpus: EncodedCorpus, cfg: TrainConfig, dist: Dist):
+    """(training batches, periodic validation set, whole validation set) of this
+    process, for running text or line documents; both validation sets are None with
+    no validation split."""
+    rank, world = dist.rank, dist.world_size
+    global_batch = cfg.batch_size * world
+    if cfg.documents == "lines":
+        docs = LineDocuments(corpus.ids, corpus.vocab, cfg.val_fraction)
+        train = LineBatches(docs, cfg.batch_size, cfg.seq_len, cfg.seed, rank, world)
+        if cfg.val_fraction == 0:
+            return train, None, None
+        return (train, LineEval(docs, global_batch, cfg.seq_len, cfg.eval_chars, rank, world),
+                LineEval(docs, global_batch, cfg.seq_len, None, rank, world))
+    train_ids, val_ids = corpus.split(cfg.val_fraction)
+    train = Streams(train_ids, cfg.batch_size, cfg.seq_len, rank, world)
+    if cfg.val_fraction == 0:
+        return train, None, None
+    return (train, EvalStreams(val_ids, global_batch, cfg.seq_len, cfg.eval_chars).shard(dist),
+            EvalStreams(val_ids, global_batch, cfg.seq_len).shard(dist))
 
 
 def make_optimizer(model: CharRNN, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -125,23 +150,20 @@ class Trainer:
     """Trains one model on one encoded corpus into a run directory."""
 
     def __init__(self, corpus: EncodedCorpus, model_cfg: ModelConfig, cfg: TrainConfig, out: Path, *,
-                 dist: Dist | None = None, console: Console | None = None, resume: Checkpoint | None = None) -> None:
-        self.corpus, self.cfg, self.out = corpus, cfg, Path(out)
+                 dist: Dist | None = None, console: Console | None = None, resume: Checkpoint | None = None,
+                 init: CharRNN | None = None, parent: dict | None = None) -> None:
+        """`init`: the weights to start from (fine-tuning), else a fresh `model_cfg`
+        model; `parent`: the lineage recorded in config.json (`charnet.training.finetune`)."""
+        self.corpus, self.cfg, self.out, self.parent = corpus, cfg, Path(out), parent
         self.dist = dist or Dist()
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         if cfg.precision == "bfloat16" and self.device.type == "cpu" and not native_bf16(self.device):
             raise ConfigError("precision", "bfloat16 on the CPU needs native bf16 products (AVX512-BF16 or AMX), "
                                            "which this CPU lacks; use float32 (or auto)")
-        train_ids, val_ids = corpus.split(cfg.val_fraction)
-        self.streams = Streams(train_ids, cfg.batch_size, cfg.seq_len, self.dist.rank, self.dist.world_size)
-        self.val = None
-        if cfg.val_fraction > 0:
-            global_batch = cfg.batch_size * self.dist.world_size
-            self.val_periodic = EvalStreams(val_ids, global_batch, cfg.seq_len, cfg.eval_chars).shard(self.dist)
-            self.val = EvalStreams(val_ids, global_batch, cfg.seq_len).shard(self.dist)
+        self.data, self.val_periodic, self.val = training_data(corpus, cfg, self.dist)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
-        self.model = CharRNN(model_cfg) if resume is None else resume.model
+        self.model = resume.model if resume is not None else init if init is not None else CharRNN(model_cfg)
         self.model.to(self.device).train()
         self.optimizer = make_optimizer(self.model, cfg)
         torch.manual_seed(cfg.seed + self.dist.rank)  # but different dropout masks
@@ -155,6 +177,7 @@ class Trainer:
         self.net = net
 
         self.step, self.prior_elapsed = 0, 0.0
+        self.epoch, self.epoch_start = 0, 0  # the epoch the next step trains in, and its first step
         self.best_val: float | None = None
         self.best_step = 0
         self.evals_since_best = 0
@@ -162,8 +185,12 @@ class Trainer:
         self.last_val: float | None = None
         self.last_train: float | None = None
         self.carry = None
+        self.sampling_s = 0.0  # seconds this session spent drawing samples
         if resume is not None:
             self._restore(resume.resume)
+        self.plan = self.data.epoch(self.epoch)
+        if self.carry is not None and self.plan.fresh(self.step - self.epoch_start):
+            self.carry = None  # saved at an epoch's end: the next window starts afresh
         self.monitor = Monitor(self.out, enabled=self.dist.main, console=console,
                                resume_step=self.step if resume is not None else None)
 
@@ -176,23 +203,40 @@ class Trainer:
         if cfg.max_steps:
             parts.append(self.step / cfg.max_steps)
         if cfg.epochs:
-            parts.append(self.step / (cfg.epochs * self.streams.steps_per_epoch))
+            parts.append(self.epochs_done() / cfg.epochs)
         if cfg.max_time:
             parts.append(elapsed / cfg.max_time)
         return max(parts)
 
+    def epochs_done(self) -> float:
+        """Passes over the training split so far, fractions included."""
+        return self.epoch + (self.step - self.epoch_start) / len(self.plan)
+
     # -- the loop -------------------------------------------------------------------------
+
+    def _window(self) -> int:
+        """The window of the current epoch the next step trains on: moves on to the next
+        epoch when this one is done, and drops the carried state where the window
+        starts its text from the zero state."""
+        k = self.step - self.epoch_start
+        if k >= len(self.plan):
+            self.epoch, self.epoch_start, k = self.epoch + 1, self.step, 0
+            self.plan = self.data.epoch(self.epoch)
+        if self.plan.fresh(k):
+            self.carry = None
+        return k
 
     def fit(self) -> TrainResult:
         cfg, dist, mon = self.cfg, self.dist, self.monitor
-        chars_per_step = cfg.batch_size * cfg.seq_len * dist.world_size
         started = time.monotonic()
-        elapsed = lambda: self.prior_elapsed + time.monotonic() - started  # noqa: E731
+        # Sampling pauses the clock: a --max-time run trains as long with samples as without.
+        elapsed = lambda: self.prior_elapsed + time.monotonic() - started - self.sampling_s  # noqa: E731
         loss_sum = torch.zeros((), device=self.device)
-        window_steps, window_start = 0, time.monotonic()
+        window_steps, window_chars, window_start = 0, 0, time.monotonic()
         stopped = "budget"
         mon.print(f"training {self.model.config.cell} ({self.model.num_parameters():,} parameters) on "
-                  f"{len(self.streams.data):,} characters, {self.streams.steps_per_epoch:,} steps per epoch, "
+                  f"{self.data.chars:,} characters{' in ' + format(len(self.data.train), ',') + ' lines' if cfg.documents == 'lines' else ''}, "
+                  f"{len(self.plan):,} steps per epoch, "
                   f"device {self.device}, unigram entropy {self.corpus.stats.unigram_bits(self.corpus.vocab.kind):.3f} bits/char")
         mon.start(f"step {self.step}", self.progress(self.prior_elapsed))
         with StopSignals() as signals:
@@ -205,31 +249,33 @@ class Trainer:
                     if done or signum:
                         stopped = "budget" if done else signal.Signals(int(signum)).name
                         break
-                    k = self.step % self.streams.steps_per_epoch
-                    if k == 0:
-                        self.carry = None  # a new epoch starts from the zero state
+                    k = self._window()
                     lr = lr_at(cfg, self.step, self.progress(now))
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    loss_sum += self._train_step(k)
+                    loss, chars = self._train_step(k)
+                    loss_sum += loss
                     self.step += 1
                     window_steps += 1
+                    window_chars += chars
                     if self.step % cfg.log_every == 0:
                         # The mean over every process' streams: the loss of the global batch.
                         loss = dist.sum([float(loss_sum)])[0] / (window_steps * dist.world_size)
                         if not math.isfinite(loss):
                             raise CharnetError(f"training diverged (loss {loss} at step {self.step}); lower --lr")
                         t, e = time.monotonic(), elapsed()
-                        record = (self.step, loss, lr, window_steps * chars_per_step / (t - window_start),
-                                  self.progress(e), e, self.step / self.streams.steps_per_epoch)
+                        rate = dist.sum([float(window_chars)])[0] / (t - window_start)
+                        record = (self.step, loss, lr, rate, self.progress(e), e, self.epochs_done())
                         dist.on_main(lambda: mon.train(*record))
                         self.last_train = loss
                         loss_sum.zero_()
-                        window_steps, window_start = 0, t
+                        window_steps, window_chars, window_start = 0, 0, t
                     if self.step % cfg.eval_every == 0:
                         if self._evaluate_and_save(elapsed()):
                             stopped = "early stopping"
                             break
+                    if samples.due(cfg, self.step):
+                        self._sample(elapsed())
             finally:
                 mon.stop()
             # Still inside StopSignals: a signal now (torchrun forwards Ctrl-C to every
@@ -261,8 +307,11 @@ class Trainer:
         if self.cfg.compile:
             torch._dynamo.reset()  # its caches hold the compiled module, and so the wrapper
 
-    def _train_step(self, k: int) -> torch.Tensor:
-        x, y = self.streams.batch(k)
+    def _train_step(self, k: int) -> tuple[torch.Tensor, int]:
+        """One optimizer step on window k of the current epoch: (its loss, the
+        characters it trained on)."""
+        x, y = self.plan.batch(k)
+        chars = y.numel() if self.cfg.documents == "files" else int((y != IGNORE).sum())
         if self.device.type == "cuda":
             x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         else:
@@ -276,12 +325,24 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.carry = detach_state(state)
-        return loss.detach()
+        return loss.detach(), chars
 
-    def _val_chars(self, streams: EvalStreams) -> int:
+    def _sample(self, elapsed: float) -> None:
+        """Draw and show samples (the main process; the others wait at the next
+        collective), the time taken off the training clock."""
+        start = time.monotonic()
+        if self.dist.main:
+            texts = samples.draw(self.model, self.corpus.vocab, self.cfg, self._document_start())
+            self.monitor.samples(self.step, texts, elapsed)
+        self.sampling_s += time.monotonic() - start
+
+    def _document_start(self) -> str:
+        return document_start(self.cfg.documents, self.corpus.separator)
+
+    def _val_chars(self, streams: EvalStreams | LineEval) -> int:
         return int(self.dist.sum([streams.targets])[0])
 
-    def _validate(self, streams: EvalStreams) -> float:
+    def _validate(self, streams: EvalStreams | LineEval) -> float:
         # A process may hold no validation streams (a split with fewer streams than
         # processes); it still joins the sum, with nothing in it.
         total, count = evaluate(self.model, streams, self.device, self.cfg.precision) if streams.batch_size else (0.0, 0)
@@ -319,10 +380,12 @@ class Trainer:
         return {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "training": {**self.cfg.to_dict(), "world_size": self.dist.world_size},
-            "corpus": self.corpus.describe(),
+            "corpus": {**self.corpus.describe(), "documents": self.cfg.documents,
+                       "document_start": self._document_start()},
+            **({"parent": self.parent} if self.parent else {}),
             "metrics": {
                 "step": self.step,
-                "epoch": round(self.step / self.streams.steps_per_epoch, 4),
+                "epoch": round(self.epochs_done(), 4),
                 "train_loss": self.last_train,
                 "val_loss": val,
                 "val_bpc": bits(val) if val is not None else None,
@@ -353,7 +416,7 @@ class Trainer:
                 # gloo gathers float32 on every build; bf16 -> float32 -> bf16 is exact.
                 tensors[f"carry.{i}"] = self.dist.gather(s.float(), 1).to(s.dtype)
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt["param_groups"]]
-        meta = {"step": self.step, "elapsed": elapsed, "best_val": self.best_val, "best_step": self.best_step,
+        meta = {"step": self.step, "epoch": self.epoch, "epoch_start": self.epoch_start, "elapsed": elapsed, "best_val": self.best_val, "best_step": self.best_step,
                 "evals_since_best": self.evals_since_best, "last_val": self.last_val,
                 "world_size": self.dist.world_size, "batch_size": self.cfg.batch_size, "param_groups": groups}
         return ResumeState(tensors, meta)
@@ -369,6 +432,9 @@ class Trainer:
                 optim_state.setdefault(int(pid), {})[key] = t
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
         self.step, self.prior_elapsed = meta["step"], meta["elapsed"]
+        # Runs saved before epochs were recorded read running text: every epoch one length.
+        self.epoch = meta.get("epoch", self.step // len(self.data.epoch(0)))
+        self.epoch_start = meta.get("epoch_start", self.epoch * len(self.data.epoch(0)))
         self.best_val, self.best_step = meta["best_val"], meta["best_step"]
         self.evals_since_best, self.last_val = meta["evals_since_best"], meta["last_val"]
         world, b, r = self.dist.world_size, self.cfg.batch_size, self.dist.rank
@@ -384,7 +450,7 @@ class Trainer:
         if saved_world * meta.get("batch_size", b) == world * b:
             # The same global batch cuts the same streams, whatever the world size: take
             # this process' slice of the carried state and continue exactly.
-            if "carry.0" in tensors and self.step % self.streams.steps_per_epoch:
+            if "carry.0" in tensors:
                 self.carry = tuple(tensors[f"carry.{i}"][:, r * b:(r + 1) * b].to(self.device).contiguous()
                                    for i in range(self.model.config.state_tensors))
         # Otherwise the corpus is cut into other streams: the carried state belongs to

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import pytest
 
-from charnet.training import corpus as corpus_mod
+from charnet import corpus as corpus_mod
 from charnet.training import data as data_mod
 from charnet.training.data import IGNORE, EvalStreams, Streams, load_corpus
 from charnet.training.distributed import Dist

@@ -18,7 +18,7 @@ from charnet.config import CELLS, ModelConfig, TrainConfig
 from charnet.training.data import load_corpus
 from charnet.device import native_bf16
 from charnet.training.trainer import Trainer, lr_at
-from tests.conftest import BUNDLED, TINY, assert_clean_error, run_cli
+from tests.conftest import BUNDLED, TINY, assert_clean_error, cli_env, run_cli
 
 
 def tiny_run(corpus_path, out, cell="lstm", **train):
@@ -102,14 +102,28 @@ def _logged_step(run_dir):
 ARGS = [*TINY, "--hidden", "64", "--dropout", "0.2", "--max-steps", "300", "--eval-every", "20", "--seed", "5"]
 
 
-def test_killed_run_resumes_to_the_same_weights(small_corpus, tmp_path):
-    straight = run_cli("train", small_corpus, *ARGS, "--out", tmp_path / "straight")
+@pytest.fixture
+def run_args(request, small_corpus, unicode_corpus, tmp_path):
+    """The corpus and options of a run to kill and resume: running text, line documents,
+    or fine-tuning a parent trained on other text (its vocabulary extended)."""
+    if request.param == "lines":
+        return [small_corpus, *ARGS, "--documents", "lines"]
+    if request.param == "init-from":
+        parent = run_cli("train", unicode_corpus, *ARGS, "--max-steps", "20", "--out", tmp_path / "parent")
+        assert parent.returncode == 0, parent.stderr
+        return [small_corpus, *ARGS, "--init-from", tmp_path / "parent"]
+    return [small_corpus, *ARGS]
+
+
+@pytest.mark.parametrize("run_args", ["files", "lines", "init-from"], indirect=True)
+def test_killed_run_resumes_to_the_same_weights(run_args, tmp_path):
+    straight = run_cli("train", *run_args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
 
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "charnet", "train", str(small_corpus), *ARGS, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # The environment (thread count included) of the straight run: float sums may differ between thread counts.
+    proc = subprocess.Popen([sys.executable, "-m", "charnet", "train", *map(str, run_args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     deadline = time.monotonic() + 120
     while _checkpoint_step(out) < 60 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -119,7 +133,7 @@ def test_killed_run_resumes_to_the_same_weights(small_corpus, tmp_path):
     killed_at = _checkpoint_step(out)
     assert 60 <= killed_at < 300
 
-    resumed = run_cli("train", small_corpus, *ARGS, "--out", out, "--resume")
+    resumed = run_cli("train", *run_args[:1], "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(tmp_path / "straight" / "last" / "model.safetensors")
     b = load_file(out / "last" / "model.safetensors")
@@ -128,6 +142,8 @@ def test_killed_run_resumes_to_the_same_weights(small_corpus, tmp_path):
         assert torch.equal(a[name], b[name]), name
     steps = [r["step"] for r in records(out) if "train_loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 300  # the log has no repeated steps
+    config = json.loads((out / "last" / "config.json").read_text())
+    assert config.get("parent") == json.loads((tmp_path / "straight" / "last" / "config.json").read_text()).get("parent")
 
 
 def test_ctrl_c_saves_and_exits_cleanly(small_corpus, tmp_path):

@@ -2,7 +2,8 @@
 
 A corpus is an ordered list of documents (files). Their text is the documents joined
 with a separator (`DEFAULT_SEPARATOR`, a blank line, unless the caller picks another),
-read in chunks so a corpus larger than memory streams through.
+read in chunks so a corpus larger than memory streams through. What charnet derives from a
+corpus (its encoded ids, a novelty index) is cached under `cache_dir`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ _BOM = codecs.BOM_UTF8
 
 def bundled_corpus() -> Path:
     """`corpora/shakespeare.txt` of a source checkout (the default training corpus)."""
-    return Path(__file__).resolve().parents[2] / "corpora" / "shakespeare.txt"
+    return Path(__file__).resolve().parents[1] / "corpora" / "shakespeare.txt"
+
+
+def cache_dir() -> Path:
+    """``$CHARNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/charnet``, else ``~/.cache/charnet``."""
+    if env := os.environ.get("CHARNET_CACHE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "charnet"
 
 
 def _sniff(path: Path) -> str | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from charnet.training import corpus as corpus_mod
-from charnet.training.corpus import DEFAULT_SEPARATOR, iter_text, read_text, resolve_sources
+from charnet import corpus as corpus_mod
+from charnet.corpus import DEFAULT_SEPARATOR, iter_text, read_text, resolve_sources
 from charnet.errors import CorpusError
 from tests.conftest import UNICODE_TEXT
 
