@@ -3,9 +3,9 @@
     python -m bench all [--quick] [--budget 15m] [--only NAME,...] [--out bench/results] [--report BENCHMARKS.md]
     python -m bench report RESULTS.json [--report BENCHMARKS.md] [--plots bench/results]
 
-`all` runs the benchmarks (flops, encode, sample, train, serve, hostile, finetune, quality; `--only` picks
-some), writes ``<out>/<date>-<machine>.json`` and turns it into the report (with its
-plots in --out). `report` regenerates the report from a results file.
+`all` runs the benchmarks (flops, encode, novelty, sample, train, serve, hostile, finetune,
+quality; `--only` picks some), writes ``<out>/<date>-<machine>.json`` and turns it into the
+report (with its plots in --out). `report` regenerates the report from a results file.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Each benchmark's own JSON is read by its keys:
   ``bare_chars_per_s``, ``trainer_over_bare``), ``ratios["peephole/lstm"]`` and ``shape``;
 - serve_load: ``levels`` rows (``clients``, ``chars_per_s``, ``ttfc_p99_ms``, ``headers_p99_ms``, ``errors``);
 - hostile: ``quiet`` and ``hostile`` phases, ``aggregate_ratio``, ``ttfc_p99_ratio``, ``rss_growth``;
+- finetune: ``runs`` (``finetune``, ``scratch``, ``scratch_long``: ``best_val_loss``,
+  ``final_val_loss``, ``budget_s``, ``curve``) and ``finetune_over_scratch_long``;
 - sample_throughput, encode, flops and quality: as they write them.
 A figure not there is None, and the report says "not measured" for it.
 """
@@ -148,6 +150,12 @@ def targets(results: dict) -> list[Target]:
     out.append(_judge("Beside a hostile client: server RSS growth", "< 15%", hostile.get("rss_growth"),
                       lambda v: v < 0.15, "{:+.1%}", no_hostile))
 
+    finetune = part(results, "finetune") or {}
+    runs = finetune.get("runs", {})
+    out.append(_judge("Sonnets: 2 min fine-tuned from shakespeare vs 10 min from scratch", "lower val loss",
+                      finetune.get("finetune_over_scratch_long"), lambda v: v < 1.0,
+                      f"{{:.3f}}x ({runs['finetune']['best_val_loss']:.3f} vs {runs['scratch_long']['best_val_loss']:.3f})"
+                      if runs else "{:.3f}x", status_line(results, "finetune")))
     out.append(_quality_target(results, quality, "cpu"))
     out.append(_quality_target(results, quality, "cuda"))
 

@@ -253,6 +253,46 @@ def hostile_section(results: dict) -> list[str]:
     return lines
 
 
+def finetune_section(results: dict) -> list[str]:
+    data = part(results, "finetune")
+    lines = ["## Fine-tuning: the Sonnets, from the bundled model and from scratch", ""]
+    if data is None:
+        return lines + [status_line(results, "finetune"), ""]
+    corpus = data["corpus"]
+    lines += [f"`charnet train {corpus['path']}` ({corpus['chars']:,} characters the bundled `{data['parent']}` model "
+              "never saw; the last 10% held out and scored whole at every evaluation), three runs one after another, "
+              "all of the parent's shape, with " + ", ".join(f"`--{k.replace('_', '-')} {v}`"
+                                                          for k, v in data["settings"].items()) + ".", ""]
+    rows = [[name, f"`--init-from {data['parent']}`" if r.get("parent") else "from scratch", _num(r["budget_s"], "g", " s"),
+             _num(r["lr"], "g"), _num(r["steps"], ","), _num(r["best_val_loss"], ".4f"), _num(r["best_step"], ","),
+             _num(r["final_val_loss"], ".4f")] for name, r in data["runs"].items()]
+    lines += _table(["run", "start", "budget", "lr", "steps", "best val nats/char", "at step", "final val nats/char"],
+                    rows)
+    lines += [f"Fine-tuned for {data['runs']['finetune']['budget_s']:g} s against {data['runs']['scratch_long']['budget_s']:g}"
+              f" s from scratch: {data['finetune_over_scratch_long']:.3f}x the loss.", ""]
+    return lines
+
+
+def novelty_section(results: dict) -> list[str]:
+    data = part(results, "novelty")
+    lines = ["## Novelty checks", ""]
+    if data is None or data.get("skipped"):
+        return lines + [f"not measured: {data['skipped']}" if data else status_line(results, "novelty"), ""]
+    text, line = data["text"], data["lines"]
+    lines += [f"`charnet sample --novelty` against a {data['corpus_bytes'] / 1e6:.0f} MB corpus (shuffled copies of "
+              "tinyshakespeare's lines). The reference is the same check without an index: each position's match "
+              f"grown with `bytes.find` over the corpus (one scan: {data['linear_scan_s'] * 1e3:.1f} ms), timed on "
+              "the first positions of two scrambled samples and scaled to their length.", ""]
+    lines += _table(["index", "built once", "opened from the cache", "checked", "per sample"], [
+        ["suffix array (running text)", _num(text["build_s"], ".1f", " s"), _num(text["open_s"] * 1e3, ".0f", " ms"),
+         f"{text['samples']} samples of {text['sample_chars']:,} characters",
+         f"{text['per_sample_s'] * 1e3:.1f} ms; without the index {text['naive_per_sample_s']:.1f} s "
+         f"({text['naive_over_indexed']:,.0f}x)"],
+        ["line hashes", _num(line["build_s"], ".1f", " s"), "", f"{line['items']:,} items",
+         _num(line["check_s"] / line["items"] * 1e6, ".0f", " µs")]])
+    return lines
+
+
 def encode_section(results: dict) -> list[str]:
     data = part(results, "encode")
     lines = ["## Corpus encoding", ""]
@@ -323,7 +363,7 @@ def write_report(results_path: Path, report_path: Path, plots_dir: Path) -> Path
              *train_section(results, report_path, plots_dir, stem),
              *sample_section(results, report_path, plots_dir, stem),
              *serve_section(results, report_path, plots_dir, stem), *hostile_section(results),
-             *encode_section(results), *flops_section(results), *footer(results)]
+             *finetune_section(results), *novelty_section(results), *encode_section(results), *flops_section(results), *footer(results)]
     report_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = report_path.with_name(f".{report_path.name}.tmp")
     tmp.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")

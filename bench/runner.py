@@ -31,6 +31,7 @@ from bench.common import ROOT, machine, machine_slug, write_json
 PARTS = {
     "flops": "bench.flops",
     "encode": "bench.encode",
+    "novelty": "bench.novelty",
     "sample": "bench.sample_throughput",
     "train": "bench.train_throughput",
     "serve": "bench.serve_load",

@@ -85,14 +85,11 @@ class TrainerLoop:
         cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, device="cpu", max_steps=1 << 30,
                           val_fraction=0.0)
         self.trainer = Trainer(corpus, model_cfg, cfg, out)
-        self.k = 0
 
     def step(self) -> None:
         t = self.trainer
-        if self.k % t.streams.steps_per_epoch == 0:
-            t.carry = None  # as fit() does at each epoch's start
-        t._train_step(self.k % t.streams.steps_per_epoch)
-        self.k += 1
+        t._train_step(t._window())  # the window fit() would train on, its state reset where fit() resets it
+        t.step += 1
 
     def close(self) -> None:
         self.trainer.monitor.close()
@@ -111,7 +108,7 @@ def timed_round(loop, seconds: float) -> tuple[int, float]:
 
 def measure(cell: str, corpus, args, out: Path) -> dict:
     trainer = TrainerLoop(cell, corpus, args, out / cell)
-    x, y = trainer.trainer.streams.batch(0)
+    x, y = trainer.trainer.plan.batch(0)
     bare = BareLoop(cell, corpus.vocab.size, args, x.clone(), y.clone())
     chars_per_step = args.batch_size * args.seq_len
     for loop in (trainer, bare):  # warm up allocators and kernels outside the timing

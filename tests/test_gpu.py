@@ -32,7 +32,7 @@ def test_bf16_training_on_cuda_and_the_checkpoint_on_cpu(small_corpus, tmp_path,
     assert trainer.device.type == "cuda"
 
     # Under autocast the forward computes in bf16 while the weights stay float32.
-    x, _ = trainer.streams.batch(0)
+    x, _ = trainer.plan.batch(0)
     with torch.no_grad(), autocast_for(trainer.device):
         logits, _ = trainer.model(x.to(trainer.device))
     assert logits.dtype == torch.bfloat16

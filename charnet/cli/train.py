@@ -133,7 +133,8 @@ def train(
     from charnet.training.distributed import from_env, shutdown
     from charnet.training.finetune import grow
     from charnet.training.finetune import lineage as fine_tune_lineage
-    from charnet.training.trainer import Trainer, prepare_out_dir
+    from charnet.training.run_dir import prepare_out_dir
+    from charnet.training.trainer import Trainer
 
     if resume and force:
         raise CharnetError("--resume and --force contradict each other; pick one")

@@ -8,7 +8,7 @@ hashes of each split's lines.
 Running text: for each sample, the longest substring it shares with the corpus, and the
 fraction of its characters inside shared runs of at least `RUN` characters (torch-rnn's
 novel_substrings.py asks the first). The index is a suffix array of the corpus' UTF-8
-bytes (libdivsufsort, through pydivsufsort: about 8 s for 100 MB); for each position of a
+bytes (libdivsufsort, through pydivsufsort: about 11 s for 100 MB); for each position of a
 sample the longest match starting there is found by binary searches in it, extending
 the previous position's match (which, one character shorter, is known to occur), so a
 sample of m characters costs about 2m searches of microseconds each, not a scan.

@@ -3,10 +3,12 @@
 Truncated backpropagation through time over contiguous streams (`charnet.training.data.Streams`)
 or over batches of line documents (`charnet.training.line_batches`): the recurrent state is
 carried, detached, from one window to the next and reset where a window starts its text
-afresh (every epoch's start; every batch of documents). AdamW with decoupled weight decay on matrices, global-norm
-gradient clipping, linear warmup then cosine decay. Validation every `eval_every` steps,
-which also saves the last checkpoint (with everything needed to resume exactly) and the
-best one. Budgets: steps, epochs, wall time; early stopping on validation patience.
+afresh (every epoch's start; every batch of documents). AdamW, global-norm gradient
+clipping, warmup and cosine decay (`charnet.training.optim`). Validation every
+`eval_every` steps, which also saves the last checkpoint (with everything needed to
+resume exactly) and the best one; samples from the current weights at each evaluation
+(`charnet.training.samples`). Budgets: steps, epochs, wall time; early stopping on
+validation patience. A run may start from a trained model (`charnet.training.finetune`).
 
 Reproducibility: with --max-steps or --epochs the learning rate depends only on the
 step, so the same seed on the same device gives the same losses, and a run killed and
@@ -17,9 +19,7 @@ the clock, so it stops (and anneals) wherever the machine's speed takes it.
 from __future__ import annotations
 
 import math
-import shutil
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
-from charnet.checkpoint import Checkpoint, ResumeState, recover, save_checkpoint
+from charnet.checkpoint import Checkpoint, ResumeState, save_checkpoint
 from charnet.config import ModelConfig, TrainConfig
 from charnet.documents import document_start
 from charnet.training.data import IGNORE, EncodedCorpus, EvalStreams, Streams
@@ -42,29 +42,9 @@ from charnet.training.evaluation import autocast_for, evaluate
 from charnet.model import CharRNN, detach_state
 from charnet.training import samples
 from charnet.training.monitor import Monitor
+from charnet.training.optim import lr_at, make_optimizer
+from charnet.training.signals import StopSignals
 from charnet.units import bits
-
-RUN_FILES = ("best", "last", "metrics.jsonl", "loss.png", "tensorboard")
-
-
-def prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to mix two runs in one directory; with `force`, clear the old run's files
-    (and only those)."""
-    if out.exists() and not out.is_dir():
-        raise CharnetError(f"--out {out}: exists and is not a directory")
-    for name in ("last", "best"):
-        recover(out / name)
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if resume:
-        if not (out / "last").is_dir():
-            raise CharnetError(f"--resume: {out} holds no run to resume (no last/ checkpoint)")
-        return
-    if held and not force:
-        raise CharnetError(f"--out {out}: holds another run; pass --resume to continue it or --force to replace it")
-    for name in held:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
 
 def training_data(corpus: EncodedCorpus, cfg: TrainConfig, dist: Dist):
     """(training batches, periodic validation set, whole validation set) of this
@@ -85,54 +65,6 @@ def training_data(corpus: EncodedCorpus, cfg: TrainConfig, dist: Dist):
         return train, None, None
     return (train, EvalStreams(val_ids, global_batch, cfg.seq_len, cfg.eval_chars).shard(dist),
             EvalStreams(val_ids, global_batch, cfg.seq_len).shard(dist))
-
-
-def make_optimizer(model: CharRNN, cfg: TrainConfig) -> torch.optim.AdamW:
-    # Decay matrices only: biases, peephole vectors and the embedding table are not
-    # redundant parameterisations that decay would usefully shrink.
-    decay, no_decay = [], []
-    embed = model.embed.weight
-    for p in model.parameters():
-        (decay if p.dim() >= 2 and p is not embed else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
-
-
-def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup over `warmup_steps`, then cosine from `lr` to `lr * min_lr_ratio`
-    as `progress` (the fraction of the budget spent) goes from 0 to 1."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    return cfg.lr * warm * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
-
-
-class StopSignals:
-    """Turn Ctrl-C and SIGTERM into a request the loop honours at the next step
-    boundary, so the checkpoint it saves is consistent. A second Ctrl-C aborts."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self._saved: dict[int, object] = {}
-
-    @property
-    def code(self) -> int:
-        """The requested signal's number, 0 for none (what the processes agree on)."""
-        return signal.Signals[self.requested].value if self.requested else 0
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
 
 
 @dataclass(kw_only=True)

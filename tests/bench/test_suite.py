@@ -28,6 +28,7 @@ TARGET_NAMES = [
     "Server aggregate at 64 clients vs 1 client", "p99 time to first character at 64 clients",
     "Beside a hostile client: well-behaved aggregate vs quiet", "Beside a hostile client: well-behaved p99 TTFC vs quiet",
     "Beside a hostile client: errors of the well-behaved clients", "Beside a hostile client: server RSS growth",
+    "Sonnets: 2 min fine-tuned from shakespeare vs 10 min from scratch",
     "tinyshakespeare val loss, 15 min on a 2-core CPU", "tinyshakespeare val loss, 10 min on one H100",
     "Cached corpus encoding",
 ]

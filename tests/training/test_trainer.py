@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,8 @@ from safetensors.torch import load_file
 from charnet.config import CELLS, ModelConfig, TrainConfig
 from charnet.training.data import load_corpus
 from charnet.device import native_bf16
-from charnet.training.trainer import Trainer, lr_at
+from charnet.training.optim import lr_at
+from charnet.training.trainer import Trainer
 from tests.conftest import BUNDLED, TINY, assert_clean_error, cli_env, run_cli
 
 
