@@ -32,23 +32,24 @@ CORPUS = ROOT / "corpora" / "sonnets.txt"
 PARENT = "shakespeare"
 FINETUNE_S, SCRATCH_LONG_S = 120, 600
 QUICK_S = (5, 10)
+QUICK_SETTINGS = {"eval_every": 1}  # a curve point at every step, however few a loaded machine runs
 # 86k training characters: 32 windows of 128 are 21 steps an epoch, an evaluation every
 # 10 steps gives a curve point every few seconds; dropout 0.2 since every run overfits.
 SETTINGS = {"batch_size": 32, "seq_len": 128, "dropout": 0.2, "eval_every": 10, "warmup": 20, "samples": 0}
 TARGET = "finetune_beats_scratch_long"
 
 
-def command(name: str, budget_s: float, out: Path) -> list[str]:
+def command(name: str, budget_s: float, out: Path, settings: dict) -> list[str]:
     args = [sys.executable, "-m", "charnet", "train", str(CORPUS), "--max-time", f"{budget_s:g}s", "--out", str(out),
             "--force"]
     args += ["--init-from", PARENT] if name == "finetune" else []
-    for key, value in SETTINGS.items():
+    for key, value in settings.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args
 
 
-def run(name: str, budget_s: float, out: Path) -> dict:
-    cmd = command(name, budget_s, out)
+def run(name: str, budget_s: float, out: Path, settings: dict) -> dict:
+    cmd = command(name, budget_s, out, settings)
     print(f"-- {name}: {' '.join(cmd[3:])}", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -72,12 +73,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="seconds per run: exercise the machinery")
     args = parser.parse_args()
     short, long = QUICK_S if args.quick else (FINETUNE_S, SCRATCH_LONG_S)
+    settings = {**SETTINGS, **(QUICK_SETTINGS if args.quick else {})}
     with tempfile.TemporaryDirectory(prefix="charnet-finetune-") as tmp:
-        runs = {name: run(name, budget, Path(tmp) / name)
+        runs = {name: run(name, budget, Path(tmp) / name, settings)
                 for name, budget in (("finetune", short), ("scratch", short), ("scratch_long", long))}
     ratio = runs["finetune"]["best_val_loss"] / runs["scratch_long"]["best_val_loss"]
     result = {"machine": machine(), "corpus": {"path": str(CORPUS.relative_to(ROOT)), "chars": len(CORPUS.read_text())},
-              "parent": PARENT, "settings": SETTINGS, "runs": runs, "finetune_over_scratch_long": ratio,
+              "parent": PARENT, "settings": settings, "runs": runs, "finetune_over_scratch_long": ratio,
               TARGET: runs["finetune"]["best_val_loss"] < runs["scratch_long"]["best_val_loss"]}
     print(f"fine-tuned {short:g}s: {runs['finetune']['best_val_loss']:.4f}; scratch {short:g}s: "
           f"{runs['scratch']['best_val_loss']:.4f}; scratch {long:g}s: {runs['scratch_long']['best_val_loss']:.4f} "

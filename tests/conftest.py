@@ -121,6 +121,15 @@ def assert_clean_error(result: Result, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, lines[0])
 
 
+@pytest.fixture
+def trained(small_corpus, tmp_path, capsys):
+    """A run directory of a tiny model trained for 20 steps through the real CLI."""
+    out = tmp_path / "run"
+    result = cli(capsys, "train", small_corpus, *TINY, "--max-steps", "20", "--eval-every", "10", "--out", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` skip, saying why, where PyTorch sees no CUDA device."""
     if torch.cuda.is_available():

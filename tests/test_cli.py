@@ -20,13 +20,6 @@ def digest(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
-@pytest.fixture
-def trained(small_corpus, tmp_path, capsys):
-    out = tmp_path / "run"
-    result = cli(capsys, "train", small_corpus, *TINY, "--max-steps", "20", "--eval-every", "10", "--out", out)
-    assert result.returncode == 0, result.stderr
-    return out
-
 
 def test_version_and_module_entry_point():
     result = run_cli("--version")

@@ -166,9 +166,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         window_steps, window_chars, window_start = 0, 0, time.monotonic()
         stopped = "budget"
+        lines = f" in {len(self.data.train):,} lines" if cfg.documents == "lines" else ""
         mon.print(f"training {self.model.config.cell} ({self.model.num_parameters():,} parameters) on "
-                  f"{self.data.chars:,} characters{' in ' + format(len(self.data.train), ',') + ' lines' if cfg.documents == 'lines' else ''}, "
-                  f"{len(self.plan):,} steps per epoch, "
+                  f"{self.data.chars:,} characters{lines}, {len(self.plan):,} steps per epoch, "
                   f"device {self.device}, unigram entropy {self.corpus.stats.unigram_bits(self.corpus.vocab.kind):.3f} bits/char")
         mon.start(f"step {self.step}", self.progress(self.prior_elapsed))
         with StopSignals() as signals:
@@ -250,7 +250,14 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
         with autocast_for(self.device, self.cfg.precision):
             logits, state = self.net(x, self.carry)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        logits, targets = logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
+        if self.cfg.documents == "lines":
+            # Padding leaves processes different numbers of targets: dividing by the global
+            # batch's count (DDP then averages) weighs every target alike, as one process would.
+            count = self.dist.sum([float(chars)])[0] if self.dist.active else chars
+            loss = F.cross_entropy(logits, targets, reduction="sum", ignore_index=IGNORE) * (self.dist.world_size / count)
+        else:
+            loss = F.cross_entropy(logits, targets)
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -260,13 +267,13 @@ class Trainer:
         return loss.detach(), chars
 
     def _sample(self, elapsed: float) -> None:
-        """Draw and show samples (the main process; the others wait at the next
-        collective), the time taken off the training clock."""
+        """Draw and show samples (the main process), the time taken off every process'
+        training clock (the others wait for it)."""
         start = time.monotonic()
         if self.dist.main:
             texts = samples.draw(self.model, self.corpus.vocab, self.cfg, self._document_start())
             self.monitor.samples(self.step, texts, elapsed)
-        self.sampling_s += time.monotonic() - start
+        self.sampling_s += self.dist.max([time.monotonic() - start])[0]
 
     def _document_start(self) -> str:
         return document_start(self.cfg.documents, self.corpus.separator)

@@ -115,6 +115,22 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(runs):
         assert a[key] == pytest.approx(b[key], rel=1e-5), key
 
 
+def test_line_documents_two_processes_equal_one(runs, tmp_path):
+    """Line documents under DDP: each process trains its half of every batch's rows, and
+    each target weighs the same whichever process' padding it sits beside."""
+    env, corpus = runs["env"], runs["corpus"]
+    args = [*tiny(4), "--documents", "lines", "--max-steps", "20", "--eval-every", "10"]
+    ddp = run_torchrun("train", corpus, *args, "--out", tmp_path / "ddp", log_dir=tmp_path / "logs", env=env)
+    assert ddp.returncode == 0, ddp.stderr
+    single = run_cli("train", corpus, *args[:-4], "--batch-size", "8", *args[-4:], "--out", tmp_path / "single", env=env)
+    assert single.returncode == 0, single.stderr
+    assert max_weight_difference(tmp_path / "ddp" / "last", tmp_path / "single" / "last") < 1e-5
+    a, b = losses(tmp_path / "ddp"), losses(tmp_path / "single")
+    assert a.keys() == b.keys() and len(a) == 4
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
 @pytest.mark.parametrize("batch", [8, 4], ids=["same-global-batch", "same-per-process-batch"])
 def test_resume_with_one_process(runs, batch, tmp_path):
     """A two-process run resumed by one process. With --batch-size 8 the streams are the

@@ -52,20 +52,12 @@ def test_a_byte_vocabulary_never_grows():
     assert v.extended("漢字 emoji 👍") is v and v.missing("👍") == []
 
 
-@pytest.fixture
-def parent(capsys, small_corpus, tmp_path):
-    out = tmp_path / "parent"
-    result = cli(capsys, "train", small_corpus, *TINY, "--max-steps", "10", "--eval-every", "10", "--out", out)
-    assert result.returncode == 0, result.stderr
-    return out
-
-
-def test_fine_tuning_extends_the_vocabulary_and_records_its_parent(capsys, parent, unicode_corpus, tmp_path):
+def test_fine_tuning_extends_the_vocabulary_and_records_its_parent(capsys, trained, unicode_corpus, tmp_path):
     out = tmp_path / "child"
-    result = cli(capsys, "train", unicode_corpus, "--init-from", parent, "--max-steps", "10", "--eval-every", "10",
+    result = cli(capsys, "train", unicode_corpus, "--init-from", trained, "--max-steps", "10", "--eval-every", "10",
                  "--batch-size", "4", "--seq-len", "32", "--out", out)
     assert result.returncode == 0, result.stderr
-    papa = load_checkpoint(parent / "best")
+    papa = load_checkpoint(trained / "best")
     config = json.loads((out / "last" / "config.json").read_text())
     record = config["parent"]
     new_chars = sorted(set(unicode_corpus.read_bytes().decode("utf-8")) - set(papa.vocab.listing()))
@@ -88,13 +80,13 @@ def test_fine_tuning_extends_the_vocabulary_and_records_its_parent(capsys, paren
     assert chain["parent"]["parent"] == record
 
 
-def test_weights_start_as_the_parents(capsys, parent, small_corpus, tmp_path):
+def test_weights_start_as_the_parents(capsys, trained, small_corpus, tmp_path):
     """A zero learning rate leaves the fine-tuned weights exactly the parent's."""
     out = tmp_path / "same"
-    result = cli(capsys, "train", small_corpus, "--init-from", parent, "--lr", "1e-30", "--weight-decay", "0",
+    result = cli(capsys, "train", small_corpus, "--init-from", trained, "--lr", "1e-30", "--weight-decay", "0",
                  "--max-steps", "1", "--eval-every", "1", "--batch-size", "4", "--seq-len", "32", "--out", out)
     assert result.returncode == 0, result.stderr
-    a, b = load_file(parent / "best" / "model.safetensors"), load_file(out / "last" / "model.safetensors")
+    a, b = load_file(trained / "best" / "model.safetensors"), load_file(out / "last" / "model.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
@@ -107,19 +99,19 @@ def test_weights_start_as_the_parents(capsys, parent, small_corpus, tmp_path):
     (["--tokenizer", "byte"], "--tokenizer"),
     (["--tie-embeddings"], "--tie-embeddings"),
 ])
-def test_options_that_contradict_the_parent(capsys, parent, small_corpus, tmp_path, args, flag):
+def test_options_that_contradict_the_parent(capsys, trained, small_corpus, tmp_path, args, flag):
     out = tmp_path / "no"
-    assert_clean_error(cli(capsys, "train", small_corpus, "--init-from", parent, *args, "--out", out),
+    assert_clean_error(cli(capsys, "train", small_corpus, "--init-from", trained, *args, "--out", out),
                        "--init-from", flag, "contradicts")
     assert not out.exists()
 
 
-def test_fine_tuning_errors(capsys, parent, small_corpus, tmp_path):
+def test_fine_tuning_errors(capsys, trained, small_corpus, tmp_path):
     assert_clean_error(cli(capsys, "train", small_corpus, "--init-from", tmp_path / "nothing", "--out", tmp_path / "a"),
                        "no such checkpoint")
-    assert_clean_error(cli(capsys, "train", small_corpus, "--init-from", parent, "--resume", "--out", parent),
+    assert_clean_error(cli(capsys, "train", small_corpus, "--init-from", trained, "--resume", "--out", trained),
                        "--init-from", "--resume")
     # Restating the parent's shape is allowed.
-    ok = cli(capsys, "train", small_corpus, "--init-from", parent, *TINY, "--max-steps", "1", "--eval-every", "1",
+    ok = cli(capsys, "train", small_corpus, "--init-from", trained, *TINY, "--max-steps", "1", "--eval-every", "1",
              "--out", tmp_path / "b")
     assert ok.returncode == 0, ok.stderr
