@@ -58,7 +58,7 @@ def sample(
                                            "FILE (Lark or GBNF).", show_default=False)] = None,
     choice: Annotated[Optional[list[str]], Opt("--choice", metavar="TEXT", help="Constrain the text to one of these strings "
                                                "(repeatable).", show_default=False)] = None,
-    seed: Annotated[Optional[int], Opt(help="Seed: the same seed gives the same text. [default: random, printed "
+    seed: Annotated[Optional[int], Opt(help="Seed: the same seed gives the same text. \\[default: random, printed "
                                             "on stderr]", show_default=False)] = None,
     num_samples: Annotated[int, Opt("--num-samples", help="Samples to generate together; sample i uses seed + i.")] = 1,
     stop: Annotated[Optional[list[str]], Opt("--stop", help="End before this text appears (repeatable); it is not "

@@ -112,7 +112,7 @@ def _check_port(host: str, port: int) -> None:
 def serve(
     checkpoints: Annotated[Optional[list[str]], typer.Argument(
         help="Checkpoint or run directories, directories holding several, or names under checkpoints/. "
-             "[default: every checkpoint under the checkpoint roots]", show_default=False)] = None,
+             "\\[default: every checkpoint under the checkpoint roots]", show_default=False)] = None,
     host: Annotated[str, Opt(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
     port: Annotated[int, Opt(min=1, max=65535, help="Port to listen on.")] = 8000,
     max_concurrency: Annotated[int, Opt(min=1, help="Sequences generated at once per model (the batch); a "
@@ -140,7 +140,7 @@ def serve(
                                                      "character (0: a chunk per step).")] = D.stream_interval,
     device: Annotated[Device, Opt(help="Device to run the models on.")] = Device.cpu,
     max_connections: Annotated[Optional[int], Opt(min=1, help="Most open connections per process; uvicorn answers "
-                                                              "503 beyond. [default: no limit]",
+                                                              "503 beyond. \\[default: no limit]",
                                                   show_default=False)] = None,
     keep_alive: Annotated[float, Opt(min=0, help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     log_level: Annotated[str, Opt(help="uvicorn log level.")] = "info",

@@ -67,7 +67,7 @@ def train(
     ctx: typer.Context,
     corpus: Annotated[Optional[list[str]], typer.Argument(
         help="Text files, directories (read recursively) or globs such as 'src/**/*.py'; documents are "
-             "joined with --separator. [default: the bundled corpora/shakespeare.txt]", show_default=False)] = None,
+             "joined with --separator. \\[default: the bundled corpora/shakespeare.txt]", show_default=False)] = None,
     init_from: Annotated[Optional[str], Opt(metavar="CHECKPOINT", help="Fine-tune: start from this checkpoint (a path, a "
                                             "run directory or a name such as shakespeare), its shape and vocabulary "
                                             "(extended with the corpus' new characters); fresh optimizer and schedule, "
@@ -84,7 +84,7 @@ def train(
     seq_len: Annotated[int, Opt(min=1, help="Characters per truncated-BPTT window.")] = T.seq_len,
     batch_size: Annotated[int, Opt(min=1, help="Parallel streams per step (per process under torchrun).")] = T.batch_size,
     lr: Annotated[Optional[float], Opt(help=f"Peak AdamW learning rate (warmup, then cosine decay to a tenth). "
-                                            f"[default: {T.lr:g}; {FINETUNE_LR:g} with --init-from]",
+                                            f"\\[default: {T.lr:g}; {FINETUNE_LR:g} with --init-from]",
                                        show_default=False)] = None,
     weight_decay: Annotated[float, Opt(help="AdamW weight decay on weight matrices.")] = T.weight_decay,
     warmup: Annotated[int, Opt(min=0, help="Learning-rate warmup steps.")] = T.warmup_steps,
@@ -101,7 +101,7 @@ def train(
                                            show_default=False)] = None,
     samples: Annotated[int, Opt(min=0, help="Samples drawn with the current weights at each evaluation, shown and "
                                             "kept in metrics.jsonl (0: none).")] = T.samples,
-    sample_every: Annotated[Optional[int], Opt(min=0, help="Steps between samples (0: never). [default: --eval-every]",
+    sample_every: Annotated[Optional[int], Opt(min=0, help="Steps between samples (0: never). \\[default: --eval-every]",
                                                show_default=False)] = None,
     sample_chars: Annotated[int, Opt(min=1, help="Characters per sample at most.")] = T.sample_chars,
     sample_prompt: Annotated[str, Opt(help="Text the samples continue (empty: a new document; escapes such as \\n "
@@ -116,7 +116,7 @@ def train(
                                             "(256 UTF-8 byte values).")] = TokenizerKind.char,
     encoding: Annotated[str, Opt(help="Text encoding of the corpus files.")] = "utf-8",
     separator: Annotated[str, Opt(help="Put between documents (escape sequences like \\n are understood).")] = "\\n\\n",
-    out: Annotated[Optional[Path], Opt(help="Run directory for checkpoints and logs. [default: runs/<corpus>-<model>]",
+    out: Annotated[Optional[Path], Opt(help="Run directory for checkpoints and logs. \\[default: runs/<corpus>-<model>]",
                                        show_default=False)] = None,
     resume: Annotated[bool, Opt(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, Opt(help="Replace a run already in --out.")] = False,
