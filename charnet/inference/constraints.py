@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
@@ -182,11 +182,19 @@ class Matcher:
         if self._m.is_error():
             raise ConfigError(constraint.kind, _first_line(self._m.get_error()))
 
+    def settle(self) -> None:
+        """Wait until no `prefetch` job is computing this matcher's mask: llguidance
+        refuses ("Already borrowed") a matcher used by two threads at once."""
+        if self.ahead is not None:
+            wait([self.ahead[0]])
+
     def copy(self) -> Matcher:
         """A matcher at the same point (another sample of the same request)."""
+        self.settle()
         return Matcher(self.constraint, self.vocab, self._m.deep_copy())
 
     def consume(self, token: int) -> None:
+        self.settle()
         self.ahead = None
         if not self._m.consume_token(token):
             raise ConfigError(self.constraint.kind, _first_line(self._m.get_error()))
@@ -194,6 +202,7 @@ class Matcher:
     @property
     def done(self) -> bool:
         """The constraint is complete and allows nothing more."""
+        self.settle()
         return self._m.is_stopped()
 
 
@@ -219,6 +228,8 @@ def masks(matchers: list[Matcher], vocab_size: int) -> tuple[np.ndarray, np.ndar
         chars, ends = job.result()
         rows = [m.ahead[1] for m in matchers]
         return chars[rows], ends[rows]
+    for m in matchers:  # a row that joined since: compute them all here, once no job holds one
+        m.settle()
     return _compute(matchers, vocab_size)
 
 

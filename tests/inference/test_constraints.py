@@ -198,3 +198,38 @@ def test_utf8_masks_exclude_overlong_surrogate_and_out_of_range_forms():
     assert allowed(b"\xed") == set(range(0x80, 0xA0))  # no surrogates
     assert allowed(b"\xf4") == set(range(0x80, 0x90))  # nothing past U+10FFFF
     assert allowed(b"", room=1) == set(range(0x80)) and max(allowed(b"", room=2)) == 0xDF
+
+
+def test_no_matcher_is_used_while_a_prefetch_computes_it(monkeypatch):
+    """llguidance refuses a matcher two threads use at once ("Already borrowed", a 500 the
+    fuzzer found): a row joining the batch while the background job still computes the
+    others' masks, a sibling forked, a token consumed, must each wait for that job."""
+    import threading
+    import time
+
+    from charnet.inference import constraints
+
+    real, spans, lock = constraints._compute, [], threading.Lock()
+
+    def slow(matchers, vocab_size):
+        start = time.monotonic()
+        time.sleep(0.2)  # long enough that the calls below come while it runs
+        result = real(matchers, vocab_size)
+        with lock:
+            spans.append((start, time.monotonic(), {id(m) for m in matchers}))
+        return result
+
+    monkeypatch.setattr(constraints, "_compute", slow)
+    vocab = Vocab.from_chars("abcdefgh ")
+    choice = Constraint.of({"choice": ["abc", "bad"]})
+    first, joined = constraints.Matcher(choice, vocab), constraints.Matcher(choice, vocab)
+    consume = lambda: first.consume(vocab.token_id("a"))  # noqa: E731
+    for act in (lambda: constraints.masks([first, joined], vocab.size), first.copy, consume):
+        constraints.prefetch([first], vocab.size)
+        before = len(spans)
+        act()
+        with lock:
+            assert len(spans) > before  # the job had ended before the matcher was used
+    # The two mask computations over `first` never overlapped.
+    over_first = sorted((a, b) for a, b, ids in spans if id(first) in ids)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(over_first, over_first[1:]))
