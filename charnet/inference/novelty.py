@@ -137,9 +137,9 @@ class Novelty:
                 hashes: list[int] = []
                 pending = ""
                 for chunk in iter_text(self.sources, self.encoding, self.separator):
-                    *complete, pending = (pending + chunk).split(LINE_BREAK)
-                    hashes += [_hash(line) for line in text_lines(LINE_BREAK.join(complete))]
-                hashes += [_hash(line) for line in text_lines(pending)]
+                    complete, _, pending = (pending + chunk).rpartition(LINE_BREAK)  # a line may go on
+                    hashes += map(_hash, text_lines(complete))
+                hashes += map(_hash, text_lines(pending))
                 every = np.array(hashes, dtype=np.uint64)
                 held = validation_lines(len(every), self.val_fraction)
                 with atomic_file(path) as f:

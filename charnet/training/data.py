@@ -236,7 +236,8 @@ class Streams:
 
 
 IGNORE = -100
-"""Target id of padding in `EvalStreams` (what cross-entropy's ignore_index skips)."""
+"""Target id of padding in `EvalStreams` and line batches (what cross-entropy's
+ignore_index skips)."""
 
 
 class EvalStreams:

@@ -87,9 +87,10 @@ class _Windows:
 
     def __init__(self, documents: LineDocuments, batches: list[np.ndarray], seq_len: int) -> None:
         self.documents, self.batches, self.seq_len = documents, batches, seq_len
-        # Targets per document: its tokens and the closing break.
-        windows = [-(-int(documents.lengths[b].max() + 1) // seq_len) if len(b) else 1 for b in batches]
-        self.first = np.concatenate([[0], np.cumsum(windows)])  # step of each batch's first window
+        # Each batch's most targets in a row (a document's tokens and its closing break),
+        # and the step of its first window.
+        self.longest = [int(documents.lengths[b].max() + 1) if len(b) else 1 for b in batches]
+        self.first = np.concatenate([[0], np.cumsum([-(-n // seq_len) for n in self.longest])])
 
     def __len__(self) -> int:
         return int(self.first[-1])
@@ -104,10 +105,8 @@ class _Windows:
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         b, w = self._locate(k)
-        docs = self.batches[b]
-        longest = int(self.documents.lengths[docs].max() + 1) if len(docs) else 1
         lo = w * self.seq_len
-        return self.documents.window(docs, lo, min(self.seq_len, longest - lo))
+        return self.documents.window(self.batches[b], lo, min(self.seq_len, self.longest[b] - lo))
 
 
 class LineBatches:
@@ -158,4 +157,3 @@ class LineEval(_Windows):
         docs = docs[np.argsort(documents.lengths[docs], kind="stable")]
         super().__init__(documents, [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)], seq_len)
         self.targets = int((documents.lengths[docs] + 1).sum())
-        self.batch_size = len(docs)  # what `Trainer._validate` asks: does this process hold any?

@@ -55,16 +55,14 @@ def training_data(corpus: EncodedCorpus, cfg: TrainConfig, dist: Dist):
     if cfg.documents == "lines":
         docs = LineDocuments(corpus.ids, corpus.vocab, cfg.val_fraction)
         train = LineBatches(docs, cfg.batch_size, cfg.seq_len, cfg.seed, rank, world)
-        if cfg.val_fraction == 0:
-            return train, None, None
-        return (train, LineEval(docs, global_batch, cfg.seq_len, cfg.eval_chars, rank, world),
-                LineEval(docs, global_batch, cfg.seq_len, None, rank, world))
-    train_ids, val_ids = corpus.split(cfg.val_fraction)
-    train = Streams(train_ids, cfg.batch_size, cfg.seq_len, rank, world)
+        validation = lambda chars: LineEval(docs, global_batch, cfg.seq_len, chars, rank, world)  # noqa: E731
+    else:
+        train_ids, val_ids = corpus.split(cfg.val_fraction)
+        train = Streams(train_ids, cfg.batch_size, cfg.seq_len, rank, world)
+        validation = lambda chars: EvalStreams(val_ids, global_batch, cfg.seq_len, chars).shard(dist)  # noqa: E731
     if cfg.val_fraction == 0:
         return train, None, None
-    return (train, EvalStreams(val_ids, global_batch, cfg.seq_len, cfg.eval_chars).shard(dist),
-            EvalStreams(val_ids, global_batch, cfg.seq_len).shard(dist))
+    return train, validation(cfg.eval_chars), validation(None)
 
 
 @dataclass(kw_only=True)
@@ -121,8 +119,6 @@ class Trainer:
         if resume is not None:
             self._restore(resume.resume)
         self.plan = self.data.epoch(self.epoch)
-        if self.carry is not None and self.plan.fresh(self.step - self.epoch_start):
-            self.carry = None  # saved at an epoch's end: the next window starts afresh
         self.monitor = Monitor(self.out, enabled=self.dist.main, console=console,
                                resume_step=self.step if resume is not None else None)
 
@@ -284,7 +280,7 @@ class Trainer:
     def _validate(self, streams: EvalStreams | LineEval) -> float:
         # A process may hold no validation streams (a split with fewer streams than
         # processes); it still joins the sum, with nothing in it.
-        total, count = evaluate(self.model, streams, self.device, self.cfg.precision) if streams.batch_size else (0.0, 0)
+        total, count = evaluate(self.model, streams, self.device, self.cfg.precision) if streams.targets else (0.0, 0)
         total, count = self.dist.sum([total, float(count)])
         return total / count
 
