@@ -212,6 +212,17 @@ def sample_section(results: dict, report: Path, plots_dir: Path, stem: str) -> l
         lines += _table(["streams", "unconstrained chars/s", "JSON Schema chars/s", "ratio"],
                         [[n, _num(r["free_chars_per_s"]), _num(r["json_chars_per_s"]), _num(r["ratio"], ".2f", "x")]
                          for n, r in held.items()])
+    onnx = data.get("exported") or {}
+    if onnx:
+        single = data.get("single_chars_per_s")
+        lines += ["The same model exported (`charnet export --format web`), one stream from an empty prompt:", ""]
+        rows = [[name, _num(onnx[key]), _num(onnx[key] / single if single else None, ".2f", "x charnet")]
+                for key, name in (("onnxruntime_chars_per_s", "onnxruntime, Python, CPU"),
+                                  ("browser_chars_per_s", "onnxruntime-web 1.30 (WebAssembly, 1 thread), "
+                                                          "headless Chromium"))
+                if key in onnx]
+        rows += [["not measured", onnx[key], ""] for key in ("skipped", "browser_skipped") if key in onnx]
+        lines += _table(["runtime", "chars/s", "ratio"], rows)
     return lines + _image(plots.sample(plots_dir / f"{stem}-sample.png", data), report, "sampling speed")
 
 

@@ -11,7 +11,10 @@ Measured in one run, interleaved, so the machine's noise hits both sides alike:
   measured on a matrix of the same size (so it sees the same caches);
 - batched: aggregate chars/s of 1, 8, 64 and 256 sequences generated together;
 - constrained: 1 and 64 streams held to a JSON Schema (`RECORDS`, long enough that
-  every stream runs to its length), against the same streams unconstrained.
+  every stream runs to its length), against the same streams unconstrained;
+- exported: the same model's ONNX export (`charnet export --format web`), one stream,
+  stepped by onnxruntime from Python on the CPU and by onnxruntime-web (WebAssembly, one
+  thread) in headless Chromium, where Playwright and Chromium are installed.
 Targets (the sampling issue): single stream >= 5x naive and >= 50% of the bound;
 64 streams >= 20x the single-stream aggregate. Structured output: a JSON-Schema
 constraint keeps >= 75% of the unconstrained chars/s at 64 streams.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,6 +98,45 @@ def constrained(engine: Engine, chars: int, rounds: int, streams: tuple[int, ...
     return out
 
 
+def exported(engine: Engine, chars: int, rounds: int) -> dict:
+    """Single-stream chars/s of the model's export: onnxruntime in Python, and
+    onnxruntime-web in headless Chromium (or why either was not measured)."""
+    from bench.browser import chromium, generate_in_page, missing, open_export, static_server
+    from charnet.errors import CharnetError
+    from charnet.export.onnx import require
+
+    try:
+        require("onnx", "onnxscript", "onnxruntime")
+    except CharnetError as e:
+        return {"skipped": str(e)}
+    from charnet.export.runtime import OnnxModel
+    from charnet.export.web import export_web
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        site = Path(tmp) / "site"
+        export_web(engine.checkpoint, site)
+        model = OnnxModel.open(site / "model", threads=torch.get_num_threads())
+        model.generate("\n", max_chars=20)  # warm up
+        runs = []
+        for r in range(rounds):
+            start = time.perf_counter()
+            model.generate("\n", max_chars=chars, seed=r)
+            runs.append(chars / (time.perf_counter() - start))
+        out["onnxruntime_chars_per_s"] = statistics.median(runs)
+        reason = missing()
+        if reason:
+            out["browser_skipped"] = reason
+            return out
+        with static_server(site) as url, chromium(Path(tmp) / "profile") as context:
+            page = open_export(context, url)
+            generate_in_page(page, prompt="\n", length=20)  # warm up
+            out["browser_chars_per_s"] = statistics.median(
+                generate_in_page(page, prompt="\n", seed=r, length=chars, temperature=1.0).chars_per_s
+                for r in range(rounds))
+    return out
+
+
 def bandwidth_bound(engine: Engine, repeats: int = 200) -> dict:
     """Weights read per step, the matrix-vector bandwidth on a matrix of that size, and
     the steps per second that bandwidth allows."""
@@ -157,11 +200,20 @@ def main() -> None:
         print(f"{n:>7}  {row['free_chars_per_s']:13,.0f}  {row['json_chars_per_s']:11,.0f}  {row['ratio']:5.2f}x"
               + ("  (target >= 0.75x)" if n == "64" else ""))
 
+    onnx = exported(engine, args.chars, args.rounds)
+    for key, name in (("onnxruntime_chars_per_s", "onnxruntime (Python, CPU)"),
+                      ("browser_chars_per_s", "onnxruntime-web (Chromium)")):
+        if key in onnx:
+            print(f"{name:26} {onnx[key]:10,.0f} chars/s   {onnx[key] / single_cps:5.2f}x charnet's single stream")
+    for key in ("skipped", "browser_skipped"):
+        if key in onnx:
+            print(f"export: not measured: {onnx[key]}")
+
     results = {"machine": machine(), "model": label, "shape": cfg.to_dict(), "naive_chars_per_s": naive_cps,
                "single_chars_per_s": single_cps, "single_vs_naive": single_cps / naive_cps, **bound,
                "single_vs_bound": single_cps / bound["bound_chars_per_s"],
                "batched_chars_per_s": batched, "batched_vs_single": {n: c / base for n, c in batched.items()},
-               "constrained": held,
+               "constrained": held, "exported": onnx,
                "rounds": {"naive": naive_runs, "single": single_runs}}
     if args.json:
         write_json(args.json, results)

@@ -213,3 +213,15 @@ def rank_logs(log_dir: Path) -> dict[int, tuple[str, str]]:
 # The serving fixtures (tiny checkpoints, in-process apps, real servers), for tests/server/
 # and tests/test_cli_serve.py alike; session-scoped ones are built once.
 from tests.serving import anyio_backend, checkpoint, make_app, models_dir, server, solo, start_server  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium with a fresh profile (tests marked `tests.browser.needs_browser`)."""
+    from playwright.sync_api import expect
+
+    from bench.browser import chromium
+
+    expect.set_options(timeout=30_000)  # a shared two-core machine can be slow
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import charnet
-from tests.conftest import assert_clean_error, cli
+from tests.conftest import Result, assert_clean_error, cli, cli_env
 
 
 def test_bfloat16_export_halves_the_weights_and_keeps_the_model(capsys, tiny_model, tmp_path, shakespeare_text):
@@ -30,3 +32,27 @@ def test_export_refuses_to_overwrite(capsys, tiny_model, tmp_path):
     assert_clean_error(cli(capsys, "export", tiny_model, out), "already holds other files", "--force")
     assert cli(capsys, "export", tiny_model, out, "--force", "--dtype", "float16").returncode == 0
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+
+
+def test_onnx_and_web_exports_from_the_command_line(capsys, tiny_model, tmp_path):
+    result = cli(capsys, "export", tiny_model, tmp_path / "onnx", "--format", "onnx")
+    assert result.returncode == 0, result.stderr
+    assert "lstm 2x64, weights in float32" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["charnet.json", "model.onnx", "tokenizer.json"]
+    result = cli(capsys, "export", tiny_model, tmp_path / "site", "--format", "web", "--dtype", "float16")
+    assert result.returncode == 0, result.stderr
+    assert f"python -m http.server -d {tmp_path / 'site'}" in result.stdout
+    assert json.loads((tmp_path / "site" / "model" / "charnet.json").read_text())["dtype"] == "float16"
+    assert_clean_error(cli(capsys, "export", tiny_model, tmp_path / "onnx", "--format", "onnx"), "already holds")
+    assert_clean_error(cli(capsys, "export", tiny_model, tmp_path / "b", "--format", "onnx", "--dtype", "bfloat16"),
+                       "--dtype", "bfloat16 is for checkpoints")
+
+
+def test_without_the_onnx_extra_the_export_names_it(tiny_model, tmp_path):
+    # A fresh interpreter in which onnx cannot be imported (None in sys.modules hides it).
+    code = ("import sys; sys.modules['onnx'] = None; from charnet.cli import main; "
+            f"main(['export', {str(tiny_model)!r}, {str(tmp_path / 'out')!r}, '--format', 'web'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    assert_clean_error(result, "needs onnx", "pip install 'charnet[onnx]'")
+    assert not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import mimetypes
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ from charnet.server import errors, openapi
 from charnet.server.deps import Model, ServerState
 from charnet.server.metrics import Metrics, RequestCounter
 from charnet.server.middleware import ApiKey, BodyLimit
+from charnet.server.onnx_exports import OnnxExport
 from charnet.server.routers import completions, generate, health, models, score
 from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
@@ -41,6 +43,8 @@ DESCRIPTION = """Character-level recurrent language models over HTTP.
 - `POST /v1/generate`: charnet's own simple endpoint, streaming as SSE or NDJSON.
 - `POST /v1/score`: bits per character of a text, and every character's log-probability.
 - `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`.
+- `GET /v1/models/{model}/onnx/{file}`: the model's ONNX export, which the playground's "run in
+  this browser" loads into onnxruntime-web.
 - `GET /`: the playground, a web page to generate and score text with these endpoints.
 
 When the server has `CHARNET_API_KEY` set, `/v1/*` needs `Authorization: Bearer <key>`.
@@ -49,7 +53,8 @@ When the server has `CHARNET_API_KEY` set, `/v1/*` needs `Authorization: Bearer 
 
 PAGE_HEADERS = {
     # The page loads nothing from anywhere but this server, and talks to nothing else.
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    # 'wasm-unsafe-eval': "run in this browser" compiles onnxruntime-web's WebAssembly.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "Cache-Control": "no-cache",
 }
@@ -60,7 +65,7 @@ def playground_html() -> str:
     return (resources.files("charnet.server") / "static" / "index.html").read_text(encoding="utf-8")
 
 
-def _model_info(engine: Engine) -> dict:
+def _model_info(engine: Engine, onnx: OnnxExport) -> dict:
     config = engine.checkpoint.config
     metrics = engine.checkpoint.metrics
     cfg = engine.model.config
@@ -69,7 +74,7 @@ def _model_info(engine: Engine) -> dict:
             "tokenizer": engine.vocab.kind, "val_bits_per_char": metrics.get("val_bpc"),
             "step": metrics.get("step"), "state_bytes": engine.kernel.state_bytes(),
             "corpus": config["corpus"].get("name") if isinstance(config.get("corpus"), dict) else None,
-            "vocabulary": engine.vocab.listing()}
+            "vocabulary": engine.vocab.listing(), "onnx": onnx.available}
 
 
 def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:
@@ -87,7 +92,9 @@ def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:
         scheduler = Scheduler(name, engine, metrics, max_concurrency=settings.max_concurrency,
                               max_queue=settings.max_queue, max_n=settings.max_n, timeout=settings.request_timeout)
         created = int((engine.path / "config.json").stat().st_mtime)
-        loaded[name] = Model(name=name, engine=engine, scheduler=scheduler, created=created, info=_model_info(engine))
+        onnx = OnnxExport(engine)
+        loaded[name] = Model(name=name, engine=engine, scheduler=scheduler, created=created, onnx=onnx,
+                             info=_model_info(engine, onnx))
         log.info("loaded model %s from %s", name, engine.path)
     return loaded
 
@@ -131,6 +138,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The playground: files shipped inside the package (package data), found through
     # the package, not the working directory, so any install serves them.
     app.mount("/static", StaticFiles(packages=[("charnet.server", "static")]), name="static")
+    # "Run in this browser": the web export's generator and the vendored onnxruntime-web.
+    # Module scripts need a JavaScript type, WebAssembly its own; not every mime table has them.
+    mimetypes.add_type("text/javascript", ".mjs")
+    mimetypes.add_type("application/wasm", ".wasm")
+    app.mount("/local", StaticFiles(packages=[("charnet.export", "web")]), name="local")
     page = playground_html()
 
     @app.get("/", include_in_schema=False)

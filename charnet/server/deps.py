@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from charnet.inference.engine import Engine
 from charnet.server.errors import APIError
 from charnet.server.metrics import Metrics
+from charnet.server.onnx_exports import OnnxExport
 from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
 
@@ -22,6 +23,7 @@ class Model:
     engine: Engine
     scheduler: Scheduler
     created: int
+    onnx: OnnxExport
     info: dict = field(default_factory=dict)
 
 

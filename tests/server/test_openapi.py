@@ -44,4 +44,4 @@ def test_api_conforms_to_its_schema(start_server, models_dir, key, tmp_path):
     assert run.returncode == 0, summary
     generated = int(re.search(r"(\d+) generated", run.stdout).group(1))
     assert generated >= 2000, summary
-    assert re.search(r"Operations:\s+8 selected / 8 total", run.stdout), summary
+    assert re.search(r"Operations:\s+9 selected / 9 total", run.stdout), summary

@@ -1,16 +1,12 @@
 """The playground in a real browser: headless Chromium (Debian's), driven by Playwright,
 against a real `charnet serve` on loopback.
 
-Skipped, with the reason, when Playwright or Chromium is missing; CI installs both
-(.ci/run installs Debian's chromium and sets CHARNET_REQUIRE_BROWSER, which turns a skip
-into a failure; the dev extra installs Playwright). Playwright's own browser download is
-never used: it drives the system's Chromium.
+Skipped, with the reason, when Playwright or Chromium is missing (`tests.browser`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import time
@@ -21,31 +17,17 @@ import pytest
 from tests.conftest import ROOT
 from tests.serving import API_KEY, MODEL, OTHER, auth, running, wait_until
 
+from bench.browser import generate_in_page
+from charnet.export.runtime import OnnxModel
+from tests.browser import needs_browser
+
 try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # the dev extra installs it
-    sync_playwright = None
+    from playwright.sync_api import expect
+except ImportError:  # the dev extra installs it; needs_browser skips without it
+    expect = None
 
+pytestmark = needs_browser
 
-def find_chromium() -> str | None:
-    for candidate in (os.environ.get("CHARNET_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-CHROMIUM = find_chromium()
-MISSING = ("Playwright for Python is not installed (pip install -e '.[dev]')" if sync_playwright is None
-           else "Chromium not found: apt-get install chromium, or set CHARNET_CHROMIUM" if CHROMIUM is None else None)
-if MISSING and os.environ.get("CHARNET_REQUIRE_BROWSER"):
-    # CI sets this once it has installed Chromium: there, a skip would hide a broken set-up.
-    raise RuntimeError(f"CHARNET_REQUIRE_BROWSER is set, but {MISSING}")
-pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
-
-# Without the networking flags Chromium tries to reach Google's services and stalls here.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 LONG = 100_000
 """A generation far longer than any test waits for: Stop always lands mid-stream."""
 TRAINED = "shakespeare-tiny"
@@ -65,18 +47,6 @@ def served(start_server, models_dir, tiny_model, tmp_path_factory):
     return start_server([models_dir, shakespeare, "--max-concurrency", "1", "--max-queue", "0",
                          "--max-chars-cap", str(LONG), "--max-response-tokens", str(6 * LONG)],
                         env={"CHARNET_API_KEY": API_KEY})
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    expect.set_options(timeout=30_000)  # a shared two-core machine can be slow
-    with sync_playwright() as p:
-        # A fresh profile (--user-data-dir) for every run; Playwright passes it itself.
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1100, "height": 900})
-        yield context
-        context.close()
 
 
 class Opened:
@@ -322,3 +292,29 @@ def test_usable_at_phone_width(opened, served):
     tip = page.locator("#tip").bounding_box()
     assert tip["x"] >= 0 and tip["x"] + tip["width"] <= 390
     screenshot(page, "playground-phone.png")
+
+
+def test_run_in_this_browser_generates_without_the_server(page, served, tmp_path):
+    page.select_option("#model", TRAINED)
+    expect(page.locator("#local-row")).to_be_visible()
+    page.check("#local")
+    expect(page.locator("#min_p")).to_be_disabled()  # the server's alone
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    run = generate_in_page(page, prompt="ROMEO:", seed=5, length=200, temperature=0.8)
+    assert len(run.text) == 200 and "seed 5" in run.status
+    assert any(u.endswith(f"/v1/models/{TRAINED}/onnx/model.onnx") for u in asked)
+    assert not any(u.endswith(("/v1/completions", "/v1/generate")) for u in asked)
+    # The text onnxruntime writes in Python from the files the server handed out.
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name in ("charnet.json", "model.onnx", "tokenizer.json"):
+        r = httpx.get(f"{served.url}/v1/models/{TRAINED}/onnx/{name}", headers=auth(), timeout=120)
+        (folder / name).write_bytes(r.content)
+    assert run.text == OnnxModel.open(folder).generate("ROMEO:", max_chars=200, temperature=0.8, seed=5)
+    # The loaded model is kept: a second run downloads nothing.
+    asked.clear()
+    assert generate_in_page(page, prompt="ROMEO:", seed=5, length=200, temperature=0.8).text == run.text
+    assert not [u for u in asked if "/onnx/" in u]
+    page.uncheck("#local")
+    expect(page.locator("#min_p")).to_be_enabled()

@@ -66,6 +66,13 @@ export async function failure(response) {
   return new ApiError(said, { status, param: detail.param || null, code: detail.code || null });
 }
 
+/** GET a file (with the API key); the response, or an ApiError. */
+export async function fetchFile(path) {
+  const response = await send(path);
+  if (!response.ok) throw await failure(response);
+  return response;
+}
+
 /** GET or POST JSON; the parsed body, or an ApiError. */
 export async function call(path, body) {
   const response = await send(path, body === undefined ? {} : { method: "POST", body });

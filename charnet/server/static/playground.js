@@ -1,6 +1,6 @@
 // The playground: pick a model, generate with live per-character colours, score a text.
 // Plain modules, no build step: what is here is what the browser runs.
-import { ApiError, apiKey, call, stream } from "./api.js";
+import { ApiError, apiKey, call, fetchFile, stream } from "./api.js";
 import { CharView } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +10,11 @@ const ALTERNATIVES = 5;
 const tip = $("tip");
 const views = { generate: new CharView($("gen-output"), tip), score: new CharView($("score-output"), tip) };
 let running = null; // the AbortController of the generation in progress
+let cards = new Map(); // model id -> its /v1/models card
+const locals = new Map(); // model id -> Promise of its LocalModel, loaded on first use
+// What "run in this browser" cannot do: these inputs are the server's alone.
+const SERVER_ONLY = ["min_p", "typical_p", "repetition_penalty", "frequency_penalty", "presence_penalty",
+  "char_bias", "constraint-kind", "constraint"];
 
 // -- errors and status -------------------------------------------------------------------
 
@@ -65,6 +70,8 @@ async function loadModels() {
     const previous = select.value;
     select.replaceChildren(...data.map((m) => new Option(describe(m), m.id)));
     if (data.some((m) => m.id === previous)) select.value = previous;
+    cards = new Map(data.map((m) => [m.id, m]));
+    offerLocal();
     if (!data.length) throw new ApiError("The server serves no models.");
     clearError();
     return true;
@@ -157,6 +164,10 @@ function setRunning(controller) {
 async function generate() {
   if (running) return;
   clearError();
+  if ($("local").checked) {
+    await generateLocal();
+    return;
+  }
   let body;
   try {
     body = generationRequest();
@@ -197,6 +208,50 @@ async function generate() {
 function stop() {
   // Aborting the fetch closes the connection; the server cancels the generation then.
   if (running) running.abort();
+}
+
+// -- run in this browser ------------------------------------------------------------------
+
+/** Show "run in this browser" for a model with an ONNX export; grey out what it lacks. */
+function offerLocal() {
+  const card = cards.get($("model").value);
+  const offered = Boolean(card && card.charnet && card.charnet.onnx);
+  $("local-row").hidden = !offered;
+  if (!offered) $("local").checked = false;
+  for (const id of SERVER_ONLY) $(id).disabled = $("local").checked;
+}
+
+function localModel(id) {
+  if (!locals.has(id)) {
+    const loading = import("/local/generate.js").then(({ LocalModel }) =>
+      LocalModel.open(`/v1/models/${encodeURIComponent(id)}/onnx`, fetchFile));
+    loading.catch(() => locals.delete(id)); // a failed load is tried again next time
+    locals.set(id, loading);
+  }
+  return locals.get(id);
+}
+
+async function generateLocal() {
+  const { run, settings } = await import("/local/local.js");
+  let options;
+  try {
+    options = settings($);
+  } catch (e) {
+    showError(new ApiError(e.message, { param: e.input ? e.input.id : null }));
+    return;
+  }
+  const controller = new AbortController();
+  setRunning(controller);
+  setStatus("gen-status", "running", "Loading the model into this browser…");
+  try {
+    const model = await localModel($("model").value);
+    await run(model, $("prompt").value, options, views.generate, $("gen-status"), controller.signal);
+  } catch (e) {
+    setStatus("gen-status", "error", "Generation in this browser failed: see the message above.");
+    showError(e instanceof ApiError ? e : new ApiError(`Running the model in this browser failed: ${e.message}`));
+  } finally {
+    setRunning(null);
+  }
 }
 
 // -- score ---------------------------------------------------------------------------------
@@ -280,6 +335,8 @@ $("score-form").addEventListener("submit", (e) => {
   score();
 });
 $("stop").addEventListener("click", stop);
+$("model").addEventListener("change", offerLocal);
+$("local").addEventListener("change", offerLocal);
 $("setup").addEventListener("submit", (e) => {
   e.preventDefault();
   apiKey.set($("api-key").value.trim());

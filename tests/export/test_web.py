@@ -1,0 +1,67 @@
+"""`charnet export --format web`: the folder, and the page generating in headless
+Chromium from a plain static server, against the ONNX runtime in Python."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+import charnet
+from bench.browser import generate_in_page, open_export, static_server
+from charnet.checkpoint import load_checkpoint
+from charnet.export.runtime import OnnxModel
+from charnet.export.web import export_web
+from tests.browser import needs_browser
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def web_folder(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("web") / "site"
+    export_web(load_checkpoint(tiny_model), out)
+    return out
+
+
+def test_the_folder_holds_the_page_the_model_the_runtime_and_the_licences(web_folder):
+    names = {p.relative_to(web_folder).as_posix() for p in web_folder.rglob("*") if p.is_file()}
+    assert {"index.html", "page.js", "local.js", "generate.js", "view.js", "playground.css", "LICENSE",
+            "model/model.onnx", "model/tokenizer.json", "model/charnet.json", "ort/ort.wasm.min.mjs",
+            "ort/ort-wasm-simd-threaded.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/LICENSE",
+            "ort/README.md"} == names
+    sums = (ROOT / "charnet" / "export" / "web" / "ort" / "SHA256SUMS").read_text().split()
+    for digest, name in zip(sums[::2], sums[1::2]):
+        assert hashlib.sha256((web_folder / "ort" / name).read_bytes()).hexdigest() == digest
+    assert (web_folder / "LICENSE").read_text() == (ROOT / "LICENSE").read_text()
+    assert "Microsoft" in (web_folder / "ort" / "LICENSE").read_text()
+    # The page's own copies of the playground's files, not look-alikes.
+    for name in ("view.js", "playground.css"):
+        assert (web_folder / name).read_bytes() == (ROOT / "charnet" / "server" / "static" / name).read_bytes()
+    OnnxModel.open(web_folder / "model")  # its checksums hold
+
+
+@needs_browser
+def test_the_page_generates_what_onnxruntime_does_in_python(browser, web_folder, tiny_model, monkeypatch):
+    reference = OnnxModel.open(web_folder / "model")
+    with static_server(web_folder) as url:
+        page = open_export(browser, url)
+        elsewhere, errors = [], []
+        page.on("request", lambda r: None if r.url.startswith((url, "data:")) else elsewhere.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        run = generate_in_page(page, prompt="ROMEO:", seed=11, length=300, temperature=0.9, top_k=30, top_p=0.95)
+        assert run.text == reference.generate("ROMEO:", max_chars=300, temperature=0.9, top_k=30, top_p=0.95,
+                                              seed=11)
+        assert len(run.text) == 300 and run.chars_per_s > 0
+        again = generate_in_page(page, prompt="ROMEO:", seed=11, length=300, temperature=0.9, top_k=30, top_p=0.95)
+        assert again.text == run.text
+        other = generate_in_page(page, prompt="ROMEO:", seed=12, length=300, temperature=0.9, top_k=30, top_p=0.95)
+        assert other.text != run.text
+        # Greedy: charnet's own engine (in float32, as the export is) writes the same.
+        monkeypatch.setenv("CHARNET_KERNEL_PRECISION", "float32")
+        greedy = generate_in_page(page, prompt="ROMEO:", seed=0, length=200, temperature=0)
+        assert greedy.text == charnet.load(tiny_model).generate("ROMEO:", max_chars=200, temperature=0).text
+        stopped = generate_in_page(page, prompt="ROMEO:", seed=11, length=300, temperature=0.9, top_k=30,
+                                   top_p=0.95, stop="\\n")
+        assert stopped.text == run.text[:run.text.index("\n")] and "stop string" in stopped.status
+        page.close()
+    assert not elsewhere and not errors, (elsewhere, errors)
