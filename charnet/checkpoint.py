@@ -123,7 +123,8 @@ def _write(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read a MiB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -220,7 +221,7 @@ def _verified(directory: Path, config: dict[str, Any], name: str) -> Path:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     expected = config.get("files", {}).get(name)  # check_config: a string, if there
-    if expected is not None and _sha256(path) != expected:
+    if expected is not None and sha256_file(path) != expected:
         raise CheckpointError(f"{path}: truncated or corrupt (its SHA-256 does not match {CONFIG})")
     return path
 

@@ -46,9 +46,9 @@ def export(
     if format is not Format.checkpoint and weights == "bfloat16":
         raise CharnetError("--dtype: ONNX exports store float32 or float16 weights; bfloat16 is for checkpoints")
     if format is not Format.checkpoint:
-        from charnet.export.onnx import require
+        from charnet.export.onnx import EXPORTER, require
 
-        require("onnx", "onnxscript")  # before anything is loaded or written
+        require(*EXPORTER)  # before anything is loaded or written
     source = load_checkpoint(find(checkpoint))
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         held = "a checkpoint" if (out / CONFIG).exists() else "other files"

@@ -9,27 +9,19 @@ match. The browser page (`charnet/export/web/`) reads the same file.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from charnet import __version__
+from charnet.checkpoint import sha256_file
 from charnet.errors import CheckpointError
 
 MANIFEST = "charnet.json"
 ONNX_MODEL = "model.onnx"
 FORMAT = "charnet-onnx"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(kw_only=True)

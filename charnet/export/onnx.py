@@ -16,26 +16,34 @@ from pathlib import Path
 
 import torch
 
-from charnet.checkpoint import TOKENIZER, Checkpoint, atomic_directory
+from charnet.checkpoint import TOKENIZER, WEIGHTS, Checkpoint, atomic_directory, sha256_file
 from charnet.errors import CharnetError
-from charnet.export.manifest import MANIFEST, ONNX_MODEL, Manifest, sha256_file
+from charnet.export.manifest import MANIFEST, ONNX_MODEL, Manifest
 from charnet.export.step import STATE_NAMES, OnnxStep
 
 EXTRA = "pip install 'charnet[onnx]'"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
+EXPORTER = ("onnx", "onnxscript")
+"""What torch's ONNX exporter needs besides torch."""
+
+
+def missing(*modules: str) -> list[str]:
+    """Those of `modules` that are not installed."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
 def require(*modules: str) -> None:
     """Raise a one-line `CharnetError` naming the extra if any of `modules` is missing."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise CharnetError(f"ONNX support needs {' and '.join(missing)}, which charnet's onnx extra installs: {EXTRA}")
+    if absent := missing(*modules):
+        raise CharnetError(f"ONNX support needs {' and '.join(absent)}, which charnet's onnx extra installs: {EXTRA}")
 
 
 def write_onnx(checkpoint: Checkpoint, directory: Path, dtype: str = "float32") -> Manifest:
     """Write model.onnx, tokenizer.json and charnet.json of `checkpoint` into the
     existing `directory`; return the manifest."""
-    require("onnx", "onnxscript")
+    require(*EXPORTER)
     import onnx
 
     cfg = checkpoint.model.config
@@ -71,7 +79,7 @@ def write_onnx(checkpoint: Checkpoint, directory: Path, dtype: str = "float32") 
         unk_id=vocab.unk_id, document_start=checkpoint.document_start, dtype=dtype,
         files={name: sha256_file(directory / name) for name in (ONNX_MODEL, TOKENIZER)},
         source={"name": checkpoint.path.name, "path": str(checkpoint.path),
-                "weights_sha256": (checkpoint.config.get("files") or {}).get("model.safetensors")},
+                "weights_sha256": (checkpoint.config.get("files") or {}).get(WEIGHTS)},
     )
     (directory / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return manifest

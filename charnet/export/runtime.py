@@ -27,7 +27,7 @@ from charnet.errors import ConfigError
 from charnet.export.manifest import ONNX_MODEL, Manifest
 from charnet.export.onnx import require
 from charnet.inference.constraints import UTF8_MASKS, Utf8
-from charnet.inference.sampling import uniform
+from charnet.inference.sampling import SamplingParams, uniform
 
 
 def _draw_u(seed: int, step: int) -> float:
@@ -101,8 +101,9 @@ class OnnxModel:
     def generate(self, prompt: str = "", *, max_chars: int = 200, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop: tuple[str, ...] = ()) -> str:
         """The page's generation from `prompt` (see the module docstring)."""
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or max_chars < 0:
-            raise ConfigError("sampling", "temperature >= 0, top_k >= 0, 0 < top_p <= 1 and max_chars >= 0")
+        SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)  # the engine's checks
+        if not isinstance(max_chars, int) or max_chars < 0:
+            raise ConfigError("max_chars", f"must be an integer >= 0, got {max_chars!r}")
         m = self.manifest
         state = self.zero_state(1)
         logits = None

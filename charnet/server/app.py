@@ -54,8 +54,9 @@ When the server has `CHARNET_API_KEY` set, `/v1/*` needs `Authorization: Bearer 
 PAGE_HEADERS = {
     # The page loads nothing from anywhere but this server, and talks to nothing else.
     # 'wasm-unsafe-eval': "run in this browser" compiles onnxruntime-web's WebAssembly.
-    "Content-Security-Policy": "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
     "Cache-Control": "no-cache",
 }
 

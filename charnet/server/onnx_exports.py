@@ -9,7 +9,6 @@ with onnxruntime-web: the server only hands out three static files.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from charnet.checkpoint import TOKENIZER, WEIGHTS
 from charnet.corpus import cache_dir
 from charnet.errors import CharnetError
 from charnet.export.manifest import MANIFEST, ONNX_MODEL, Manifest
+from charnet.export.onnx import EXPORTER, export_onnx, missing
 from charnet.inference.engine import Engine
 
 FILES = {MANIFEST: "application/json", ONNX_MODEL: "application/octet-stream", TOKENIZER: "application/json"}
@@ -24,7 +24,8 @@ FILES = {MANIFEST: "application/json", ONNX_MODEL: "application/octet-stream", T
 
 
 def can_export() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript"))
+    """Whether this server has what it takes to make an export (the onnx extra)."""
+    return not missing(*EXPORTER)
 
 
 class OnnxExport:
@@ -48,7 +49,7 @@ class OnnxExport:
     @property
     def available(self) -> bool:
         """Whether `folder` can give one (without making it)."""
-        return self._folder is not None or (self.beside / MANIFEST).is_file() or can_export()
+        return self._folder is not None or can_export() or self._matches(self.beside)
 
     def folder(self) -> Path | None:
         """The export's folder, made now if need be (seconds: call it off the event
@@ -58,8 +59,6 @@ class OnnxExport:
                 if self._matches(self.beside):
                     self._folder = self.beside
                 elif can_export() and self.weights:
-                    from charnet.export.onnx import export_onnx
-
                     made = cache_dir() / "onnx" / self.weights[:32]
                     if not self._matches(made):
                         try:

@@ -78,7 +78,7 @@ def test_a_byte_vocabulary_decodes_utf8_as_the_engine_does(tmp_path):
 
 
 def test_bad_settings_are_refused(onnx_model):
-    for kw in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_chars=-1)):
+    for kw in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_chars=-1), dict(seed=-3)):
         with pytest.raises(ConfigError):
             onnx_model.generate("x", **kw)
     assert os.environ["CHARNET_KERNEL_PRECISION"] == "float32"
