@@ -63,5 +63,22 @@ def test_the_page_generates_what_onnxruntime_does_in_python(browser, web_folder,
         stopped = generate_in_page(page, prompt="ROMEO:", seed=11, length=300, temperature=0.9, top_k=30,
                                    top_p=0.95, stop="\\n")
         assert stopped.text == run.text[:run.text.index("\n")] and "stop string" in stopped.status
+        # Streaming holds back what may begin a stop string; when a shorter stop ends inside
+        # what a longer one held back, the text before the shorter one still shows.
+        full = reference.generate("ROMEO:", max_chars=300, temperature=0.9, seed=11)
+        k = next(i for i in range(60, 290) if full.find(full[i:i + 2]) == i)
+        stops = [full[k:k + 2], full[k - 2:k + 1] + "\u0001"]
+        want = reference.generate("ROMEO:", max_chars=300, temperature=0.9, seed=11, stop=tuple(stops))
+        assert want == full[:k]
+        got = page.evaluate("""async ([stops]) => {
+            const { LocalModel } = await import("./generate.js");
+            const model = await LocalModel.open(new URL("model", document.baseURI).href.replace(/\\/$/, ""));
+            const pieces = [];
+            const run = model.generate("ROMEO:", { maxChars: 300, temperature: 0.9, seed: 11, stop: stops });
+            let next;
+            while (!(next = await run.next()).done) pieces.push(next.value.text);
+            return [pieces.join(""), next.value];
+        }""", [stops])
+        assert got == [want, "stop"]
         page.close()
     assert not elsewhere and not errors, (elsewhere, errors)

@@ -148,6 +148,12 @@ export class LocalModel {
     return Array.from(text, (ch) => (this.ids.has(ch) ? this.ids.get(ch) : m.unk_id));
   }
 
+  /** A token as people see it: its character, or for a byte beyond ASCII "bytes:\xNN" (as the server shows it). */
+  display(id) {
+    if (this.manifest.vocab_kind !== "byte") return this.manifest.tokens[id];
+    return id < 128 ? String.fromCharCode(id) : `bytes:\\x${id.toString(16).padStart(2, "0")}`;
+  }
+
   zeroState() {
     const { layers, hidden } = this.manifest;
     return this.manifest.state.map(() => new ort.Tensor("float32", new Float32Array(layers * hidden), [layers, 1, hidden]));
@@ -178,6 +184,7 @@ export class LocalModel {
     const stops = stop.filter(Boolean);
     let text = "";
     let held = []; // pieces not shown yet: they may begin a stop string
+    let shown = 0; // length of the text yielded so far
     let pendingLogprob = 0; // bytes of a character not complete yet
     for (let t = 0; t < maxChars; t++) {
       if (signal && signal.aborted) return "aborted";
@@ -194,18 +201,27 @@ export class LocalModel {
       const piece = m.vocab_kind === "byte" ? decoder.decode(Uint8Array.of(token), { stream: true }) : m.tokens[token];
       if (piece) {
         const top = alternatives ? logp.map((v, i) => [i, v]).sort((a, b) => b[1] - a[1]).slice(0, alternatives)
-          .map(([i, v]) => [m.vocab_kind === "byte" ? String.fromCharCode(i) : m.tokens[i], v]) : [];
+          .map(([i, v]) => [this.display(i), v]) : [];
+        held.push({ text: piece, logprob: pendingLogprob, top });
+        pendingLogprob = 0;
+        const start = text.length;
         for (const ch of piece) {
           text += ch;
           const ended = stops.filter((s) => text.endsWith(s));
-          if (ended.length) return "stop";
+          if (ended.length) {
+            // The text before the stop is shown (of the longest stop ending here), the rest dropped.
+            const cut = text.length - Math.max(...ended.map((s) => s.length));
+            for (const p of held) {
+              if (shown >= cut) break;
+              yield { ...p, text: p.text.slice(0, cut - shown) };
+              shown += p.text.length;
+            }
+            return "stop";
+          }
         }
-        held.push({ text: piece, logprob: pendingLogprob, top });
-        pendingLogprob = 0;
-        const shown = text.length - heldBack(text, stops);
-        let queued = held.reduce((n, p) => n + p.text.length, 0);
-        while (held.length && text.length - queued + held[0].text.length <= shown) {
-          queued -= held[0].text.length;
+        const showable = start + piece.length - heldBack(text, stops);
+        while (held.length && shown + held[0].text.length <= showable) {
+          shown += held[0].text.length;
           yield held.shift();
         }
       }
