@@ -24,7 +24,6 @@ from charnet.export.step import STATE_NAMES, OnnxStep
 EXTRA = "pip install 'charnet[onnx]'"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
-
 EXPORTER = ("onnx", "onnxscript")
 """What torch's ONNX exporter needs besides torch."""
 

@@ -9,9 +9,9 @@ priming (an empty prompt primes the manifest's ``document_start``), the same con
 based randomness as `charnet.inference.sampling` (SplitMix64 of seed and step, and an
 inverse-CDF draw in vocabulary order over the characters top-k and top-p keep), with
 the arithmetic in float64 as JavaScript does it. A byte vocabulary writes valid UTF-8
-only, as the engine keeps it to (`charnet.inference.constraints.Utf8`). So a seed gives the same text here, in
-the browser, and (but for float32 differences between kernels, which can flip a draw
-that falls on a boundary) in `charnet sample`.
+only, as the engine keeps it to (`charnet.inference.constraints.Utf8`). So a seed gives
+the same text here, in the browser, and (but for float32 differences between kernels,
+which can flip a draw that falls on a boundary) in `charnet sample`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def choose(logits: list[float], *, temperature: float, top_k: int, top_p: float,
     scaled = [v / temperature for v in logits]
     top = max(scaled)
     probs = [math.exp(v - top) for v in scaled]
-    total = sum(probs)
+    total = 0.0
+    for p in probs:  # left to right, as the page adds (Python 3.12's sum() compensates)
+        total += p
     probs = [p / total for p in probs]
     if 0 < top_k < n or top_p < 1:
         order = sorted(range(n), key=lambda i: -probs[i])  # stable: ties keep id order
