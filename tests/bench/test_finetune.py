@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from tests.conftest import ROOT
+from tests.bench.quick import run_quick
 
 
 def test_quick_finetune_bench(tmp_path):
-    out = tmp_path / "ft.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.finetune", "--quick", "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    data = json.loads(out.read_text())
+    _, data = run_quick("finetune", tmp_path, timeout=600)
     runs = data["runs"]
     assert list(runs) == ["finetune", "scratch", "scratch_long"]
     assert runs["finetune"]["parent"]["checkpoint"] == "shakespeare" and runs["scratch"]["parent"] is None

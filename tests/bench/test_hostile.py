@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 from bench.hostile import attacks
-from tests.conftest import ROOT
+from tests.bench.quick import run_quick
 
 
 def test_hostile_quick(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.hostile", "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(out.read_text())
+    _, result = run_quick("hostile", tmp_path)
     for phase in ("quiet", "hostile"):
         assert result[phase]["chars"] > 0 and result[phase]["errors"] == 0, result[phase]
     assert result["aggregate_ratio"] > 0 and result["rss_mb_before"] > 0

@@ -3,26 +3,22 @@ run: the counts are tiny, so the figures are not checked, only that they are the
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from tests.conftest import ROOT
+from tests.bench.quick import run_quick
 
 
 def test_quick_run_prints_and_records(tiny_model, tmp_path):
-    out = tmp_path / "sample.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.sample_throughput", "--checkpoint", str(tiny_model),
-                           "--quick", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    printed, result = run_quick("sample_throughput", tmp_path, "--checkpoint", tiny_model)
     for line in ("naive eager loop", "charnet single stream", "bandwidth bound", "aggregate chars/s"):
-        assert line in proc.stdout, proc.stdout
-    result = json.loads(out.read_text())
+        assert line in printed, printed
     assert set(result["batched_chars_per_s"]) == {"1", "8"}
     assert result["naive_chars_per_s"] > 0 and result["single_chars_per_s"] > 0 and result["bytes_per_step"] > 0
     assert result["machine"]["torch"] and result["shape"]["cell"] == "lstm"
     # The tiny model's vocabulary has no braces: the JSON-Schema run is skipped, saying why.
-    assert result["constrained"] == {} and "JSON Schema constraint: not measured" in proc.stdout
+    assert result["constrained"] == {} and "JSON Schema constraint: not measured" in printed
+    # The export, in onnxruntime (the dev extra) and in Chromium where one runs.
+    exported = result["exported"]
+    assert exported["onnxruntime_chars_per_s"] > 0 and "onnxruntime (Python, CPU)" in printed
+    assert exported.get("browser_chars_per_s", 0) > 0 or exported["browser_skipped"]
 
 
 def test_the_constrained_run_measures_both_sides_with_a_model_that_writes_json():
