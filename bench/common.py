@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import socket
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,3 +129,10 @@ def untrained_lstm():
 def mb(n_bytes: float) -> float:
     """Megabytes, decimal (10^6 bytes), as throughput figures conventionally use."""
     return n_bytes / 1e6
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now (for a server the benchmark starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, untrained_lstm, write_json
+from bench.common import ROOT, free_port, untrained_lstm, write_json
 
 LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
 PROMPTS = ("ROMEO:\n", "JULIET:\n", "First Citizen:\n", "KING HENRY IV:\n")
@@ -116,12 +115,6 @@ async def level(url: str, model: str, clients: int, chars: int, headers: dict[st
             "ttfc_p99_ms": round(percentile(ttfc, 99) * 1e3, 1) if ttfc else None,
             "headers_p99_ms": round(percentile(heads, 99) * 1e3, 1) if heads else None,
             "errors": len(errors), "error_examples": errors[:3]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(checkpoint: Path, options: list[str]) -> tuple[subprocess.Popen, str]:

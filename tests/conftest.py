@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from bench.common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "corpora" / "shakespeare.txt"
@@ -171,12 +172,6 @@ def failing_draw(monkeypatch):
         return real(cls, params, *args)
 
     monkeypatch.setattr(sampling.BatchParams, "of", classmethod(of))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_command(*args: str | Path, nproc: int = 2, log_dir: Path | None = None) -> list[str]:
