@@ -56,8 +56,8 @@ def export(
     if format is Format.checkpoint:
         _checkpoint(source, out, weights)
         return
-    from charnet.export.web import export_web, folder_size
     from charnet.export.onnx import export_onnx
+    from charnet.export.web import export_web, folder_size
 
     manifest = (export_onnx if format is Format.onnx else export_web)(source, out, weights)
     size = folder_size(out) / 1e6
@@ -68,10 +68,10 @@ def export(
 
 def _checkpoint(source, out: Path, weights: str) -> None:
     from charnet.checkpoint import DTYPES, save_checkpoint
+    from charnet.export.web import folder_size
 
     keep = {k: v for k, v in source.config.items()
             if k not in ("format", "format_version", "charnet_version", "model", "dtype", "tokenizer", "files")}
     keep["exported_from"] = {"path": str(source.path), "dtype": source.config.get("dtype")}
     save_checkpoint(out, source.model, source.vocab, keep, dtype=DTYPES[weights])
-    size = sum(p.stat().st_size for p in out.iterdir())
-    print(f"wrote {out}: weights in {weights}, {size / 1e6:.1f} MB")
+    print(f"wrote {out}: weights in {weights}, {folder_size(out) / 1e6:.1f} MB")
