@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.flops import flops_per_char
+from charnet.flops import flops_per_char
 
 DEFAULT_VOCAB = 66  # tinyshakespeare's 65 characters and the unknown id
 
@@ -158,6 +158,7 @@ def targets(results: dict) -> list[Target]:
                       if runs else "{:.3f}x", status_line(results, "finetune")))
     out.append(_quality_target(results, quality, "cpu"))
     out.append(_quality_target(results, quality, "cuda"))
+    out += _recipe_targets(results, quality)
 
     out.append(_judge("Cached corpus encoding", ">= 50 MB/s", (encode or {}).get("cached_mb_per_s"),
                       lambda v: v >= 50, "{:,.0f} MB/s", status_line(results, "encode")))
@@ -168,11 +169,33 @@ def targets(results: dict) -> list[Target]:
     return out
 
 
+def _recipe_targets(results: dict, quality: dict | None) -> list[Target]:
+    """The automatic defaults against the best run, and each cell's sized recipe against
+    today's settings (bench.quality's recipes), on the CPU."""
+    runs = {name: r for name, r in ((quality or {}).get("cpu") or {}).items() if r.get("final_val_loss") is not None}
+    missing = status_line(results, "quality") if quality is None else "not measured: no such runs finished"
+    best = quality_best(quality, "cpu")
+    auto = next((r for name, r in runs.items() if name.startswith("auto")), None)
+    gap = auto["final_val_loss"] - best["final_val_loss"] if auto and best else None
+    out = [_judge("Automatic defaults vs the best run, 15 min CPU", "within 0.03 nats/char", gap, lambda v: v <= 0.03,
+                  f"+{{:.3f}} ({auto['final_val_loss']:.3f} vs {best['final_val_loss']:.3f}, "
+                  f"{next(name for name, r in runs.items() if r is best)})"
+                  if gap is not None else "{}", missing)]
+    # A cell's new recipe: its sized run, or the auto run for the default cell.
+    new = {r["cell"]: r for name, r in runs.items() if name.endswith(" sized") or name.startswith("auto")}
+    pairs = {cell: new[cell]["final_val_loss"] - runs[cell]["final_val_loss"] for cell in new if cell in runs}
+    worst = max(pairs.values()) if pairs else None
+    text = ", ".join(f"{cell} {d:+.3f}" for cell, d in sorted(pairs.items()))
+    out.append(_judge("Every cell's new recipe vs today's settings, 15 min CPU", "lower val loss for every cell", worst,
+                      lambda v: v < 0, text.replace("{", "{{").replace("}", "}}") or "{}", missing))
+    return out
+
+
 def _quality_target(results: dict, quality: dict | None, device: str) -> Target:
     cpu = device == "cpu"
     t = Target("tinyshakespeare val loss, " + ("15 min on a 2-core CPU" if cpu else "10 min on one H100"),
-               "<= 1.50 nats/char" if cpu else "<= 1.40 nats/char")
-    limit, budget_limit = (1.50, 900) if cpu else (1.40, 600)
+               "<= 1.38 nats/char" if cpu else "<= 1.33 nats/char")
+    limit, budget_limit = (1.38, 900) if cpu else (1.33, 600)
     if quality is None:
         t.note = status_line(results, "quality")
         return t
@@ -186,7 +209,7 @@ def _quality_target(results: dict, quality: dict | None, device: str) -> Target:
     if best is None:
         t.note = "not measured: no run finished"
         return t
-    text = f"{best['final_val_loss']:.3f} ({best['cell']}, {best['budget_s']:g} s)"
+    text = f"{best['final_val_loss']:.3f} ({best.get('run', best['cell'])}, {best['budget_s']:g} s)"
     problems = []
     if quality.get("quick"):
         problems.append("a quick smoke run (tiny model)")

@@ -13,16 +13,7 @@ Measured (median of interleaved rounds, torch's default thread count):
   over seconds is the memory bandwidth sampling sees; measured on a matrix that fits
   in the L2 cache and on one 4x the last-level cache (main memory).
 
-FLOPs per character (`flops_per_char`) counts the matrix products only, from the model
-shape; embedding lookups, gate nonlinearities and the peephole vectors' products are
-O(H) per character and left out:
-
-    forward = sum over layers l of 2 g H (I_l + H)  +  2 H V
-    training = 3 x forward   (backward: one product for the inputs' gradient and one
-                              for the weights' gradient per forward product)
-
-with g gate blocks (rnn 1, gru 3, lstm and peephole 4), H hidden units, I_l the
-layer's input size (the embedding E for the first layer, H above it), V the vocabulary.
+FLOPs per character: `charnet.flops` (the cost model `charnet train` sizes models by).
 """
 
 from __future__ import annotations
@@ -35,19 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.common import machine, write_json
-
-GATES = {"rnn": 1, "gru": 3, "lstm": 4, "peephole": 4}
-
-FORMULA = ("training FLOPs/char = 3 x forward; forward = sum_l 2*g*H*(I_l + H) + 2*H*V "
-           "(g gates: rnn 1, gru 3, lstm/peephole 4; I_0 = embedding, I_l = H above; matrix products only)")
-
-
-def flops_per_char(cell: str, layers: int, hidden: int, embedding: int, vocab: int) -> dict:
-    """Forward and training (forward + backward) matrix-product FLOPs per character."""
-    g = GATES[cell]
-    forward = sum(2 * g * hidden * ((embedding if layer == 0 else hidden) + hidden) for layer in range(layers))
-    forward += 2 * hidden * vocab
-    return {"forward": forward, "training": 3 * forward, "formula": FORMULA}
+from charnet.flops import FORMULA, GATES, flops_per_char
 
 
 def cache_sizes() -> dict:

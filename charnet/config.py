@@ -62,9 +62,10 @@ class ModelConfig:
     """Number of token ids: characters seen in training plus the unknown id (char
     tokenizer), or 256 (byte tokenizer)."""
 
-    cell: str = "lstm"
+    cell: str = "gru"
     """Recurrent cell: ``rnn``, ``lstm``, ``peephole`` (LSTM with peephole connections,
-    Gers & Schmidhuber 2000) or ``gru``."""
+    Gers & Schmidhuber 2000) or ``gru``. The default is the cell that reached the lowest
+    validation loss in every `bench/quality.py` run (BENCHMARKS.md)."""
 
     layers: int = 2
     """Number of stacked recurrent layers, at most `MAX_LAYERS`."""
@@ -77,7 +78,8 @@ class ModelConfig:
     """Size of the learned input embedding of each token, at most `MAX_WIDTH`."""
 
     dropout: float = 0.1
-    """Dropout probability between recurrent layers and before the output layer."""
+    """Dropout probability between recurrent layers and before the output layer (one
+    mask per stream and window with `TrainConfig.locked_dropout`)."""
 
     tie_embeddings: bool = False
     """Share the input embedding matrix with the output layer's weights; needs
@@ -189,6 +191,33 @@ class TrainConfig:
     float32 elsewhere. On CPUs with native bf16 (AVX512-BF16, AMX) bfloat16 trains
     1.7-2x faster."""
 
+    weight_drop: float = 0.0
+    """DropConnect probability on each layer's hidden-to-hidden matrix (AWD-LSTM's
+    weight drop, Merity et al. 2017): one mask per optimizer step, shared by every
+    stream and time step, so the recurrence still runs as one fused kernel. 0: off."""
+
+    locked_dropout: bool = False
+    """Variational ("locked") dropout (Gal & Ghahramani 2016): the masks of the model's
+    `dropout` and of `input_dropout` are drawn once per stream and window and shared
+    by all its time steps, instead of afresh at every step."""
+
+    input_dropout: float = 0.0
+    """Dropout probability on the embedded input characters (AWD-LSTM's dropouti)."""
+
+    embed_dropout: float = 0.0
+    """Embedding dropout: each character of the vocabulary is dropped (its embedding
+    zeroed wherever it occurs) for one optimizer step with this probability, the rest
+    scaled up (AWD-LSTM's dropoute)."""
+
+    ar: float = 0.0
+    """Activation regularisation α: adds α · mean(h²) of the top layer's output (after
+    dropout) to the training loss. 0: off."""
+
+    tar: float = 0.0
+    """Temporal activation regularisation β: adds β · mean((h_t - h_{t-1})²) of the top
+    layer's output (before dropout) to the training loss, penalising fast-changing
+    states. 0: off."""
+
     documents: str = "files"
     """What a document of the corpus is (`charnet.documents`): ``files``, running text
     read as contiguous streams; ``lines``, every non-empty line, shuffled each epoch
@@ -220,7 +249,13 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
                 raise ConfigError(name, f"must be a positive number, got {v!r}")
-        for name in ("weight_decay", "grad_clip"):
+        for name in ("weight_drop", "input_dropout", "embed_dropout"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+                raise ConfigError(name, f"must be in [0, 1), got {v!r}")
+        if not isinstance(self.locked_dropout, bool):
+            raise ConfigError("locked_dropout", f"must be true or false, got {self.locked_dropout!r}")
+        for name in ("weight_decay", "grad_clip", "ar", "tar"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
                 raise ConfigError(name, f"must be zero or positive, got {v!r}")
@@ -242,6 +277,13 @@ class TrainConfig:
         _choice(self, "precision", PRECISIONS)
         if self.max_steps is None and self.epochs is None and self.max_time is None:
             self.max_time = DEFAULT_MAX_TIME
+
+    @property
+    def regularized(self) -> bool:
+        """Whether any of AWD-LSTM's regularisers is on (`charnet.training.regularize`);
+        the model's own `dropout` needs none of them."""
+        return bool(self.weight_drop or self.locked_dropout or self.input_dropout or self.embed_dropout
+                    or self.ar or self.tar)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -48,8 +48,10 @@ def test_empty_corpus(capsys, tmp_path):
 
 
 def test_corpus_shorter_than_one_batch(capsys, tmp_path):
+    """With no options the sizing fits the batch to a small corpus; one given explicitly
+    is kept, and too large a one is named."""
     (tmp_path / "short.txt").write_text("just a few words\n" * 10)
-    assert_clean_error(cli(capsys, "train", tmp_path / "short.txt", "--out", tmp_path / "r"),
+    assert_clean_error(cli(capsys, "train", tmp_path / "short.txt", "--batch-size", "64", "--out", tmp_path / "r"),
                        "fewer than one batch needs", "--batch-size")
 
 
@@ -125,9 +127,10 @@ def test_resume_without_a_run(capsys, small_corpus, tmp_path):
     assert_clean_error(cli(capsys, "train", small_corpus, "--out", tmp_path / "none", "--resume"), "no run to resume")
 
 
-def test_resume_with_a_conflicting_option(capsys, trained, small_corpus):
-    assert_clean_error(cli(capsys, "train", small_corpus, "--hidden", "48", "--out", trained, "--resume"),
-                       "--hidden", "differs from the run")
+@pytest.mark.parametrize("option", [["--hidden", "48"], ["--weight-drop", "0.2"], ["--locked-dropout"], ["--tar", "2"]])
+def test_resume_with_a_conflicting_option(capsys, trained, small_corpus, option):
+    assert_clean_error(cli(capsys, "train", small_corpus, *option, "--out", trained, "--resume"),
+                       option[0], "differs from the run")
 
 
 def test_resume_with_another_corpus(capsys, trained, unicode_corpus):
@@ -190,7 +193,7 @@ def test_help_explains_every_option(command):
         if getattr(param, "help", None) is None and param.param_type_name == "option":
             pytest.fail(f"{param.opts} has no help")
     if command == "train":
-        assert "[default: 512]" in result.stdout and "[default: lstm]" in result.stdout
+        assert "512 when --layers, --hidden" in result.stdout and "[default: gru]" in result.stdout
 
 
 def test_a_directory_with_dangling_links_trains_and_warns(capsys, tmp_path, shakespeare_text):

@@ -54,12 +54,20 @@ MODEL_OPTS = {"model": "cell", "layers": "layers", "hidden": "hidden", "embeddin
               "dropout": "dropout", "tie_embeddings": "tie_embeddings"}
 # Options that define the run; on --resume they must match it (budgets may change).
 FIXED_TRAIN_OPTS = ("seq_len", "batch_size", "lr", "weight_decay", "warmup", "grad_clip", "val_fraction", "seed",
-                    "documents")
+                    "documents", "weight_drop", "locked_dropout", "input_dropout", "embed_dropout", "ar", "tar")
+# Any of these given turns the automatic sizing off (`charnet.training.sizing`).
+SHAPE_OPTS = ("layers", "hidden", "embedding", "tie_embeddings")
 # Options a resumed run may change: they decide when to stop, what to show, where to run.
 RESUME_OVERRIDES = ("eval_every", "eval_chars", "patience", "device", "compile", "precision", "samples",
                     "sample_every", "sample_chars", "sample_prompt")
 
 Opt = typer.Option
+
+
+def auto(fixed) -> str:
+    """Help text of an option the automatic sizing chooses."""
+    return (f"\\[default: sized to the corpus, the budget and this device; {fixed} when --layers, --hidden, "
+            f"--embedding or --tie-embeddings is given]")
 
 
 @app.command(no_args_is_help=False)
@@ -75,14 +83,29 @@ def train(
     documents: Annotated[Documents, Opt(help="files: running text, files joined by --separator; lines: every non-empty "
                                              "line is a document (a name, a title), shuffled each epoch, each started "
                                              "afresh and ended with a line break.")] = Documents.files,
-    model: Annotated[Cell, Opt(help="Recurrent cell: rnn, lstm, peephole (LSTM with peepholes) or gru.")] = Cell(M.cell),
-    layers: Annotated[int, Opt(min=1, help="Stacked recurrent layers.")] = M.layers,
-    hidden: Annotated[int, Opt(min=1, help="Units per recurrent layer.")] = M.hidden,
-    embedding: Annotated[int, Opt(min=1, help="Size of the input character embedding.")] = M.embedding,
-    dropout: Annotated[float, Opt(help="Dropout between layers and before the output layer, in [0, 1).")] = M.dropout,
+    model: Annotated[Cell, Opt(help="Recurrent cell: rnn, lstm, peephole (LSTM with peepholes) or gru (the best "
+                                    "in the quality benchmark).")] = Cell(M.cell),
+    layers: Annotated[int, Opt(min=1, help=f"Stacked recurrent layers. {auto(M.layers)}", show_default=False)] = M.layers,
+    hidden: Annotated[int, Opt(min=1, help=f"Units per recurrent layer. {auto(M.hidden)}", show_default=False)] = M.hidden,
+    embedding: Annotated[int, Opt(min=1, help=f"Size of the input character embedding. {auto(M.embedding)}",
+                                  show_default=False)] = M.embedding,
+    dropout: Annotated[float, Opt(help=f"Dropout between layers and before the output layer, in [0, 1). {auto(M.dropout)}",
+                                  show_default=False)] = M.dropout,
     tie_embeddings: Annotated[bool, Opt(help="Share input embedding and output weights (needs --embedding = --hidden).")] = False,
-    seq_len: Annotated[int, Opt(min=1, help="Characters per truncated-BPTT window.")] = T.seq_len,
-    batch_size: Annotated[int, Opt(min=1, help="Parallel streams per step (per process under torchrun).")] = T.batch_size,
+    weight_drop: Annotated[float, Opt(help=f"DropConnect on the recurrent (hidden-to-hidden) weights, in [0, 1). {auto(T.weight_drop)}",
+                                      show_default=False)] = T.weight_drop,
+    locked_dropout: Annotated[bool, Opt(help=f"One dropout mask per stream and window, shared across time "
+                                             f"(variational dropout). {auto('off')}", show_default=False)] = T.locked_dropout,
+    input_dropout: Annotated[float, Opt(help="Dropout on the embedded input characters, in [0, 1).")] = T.input_dropout,
+    embed_dropout: Annotated[float, Opt(help="Drop whole characters: each one's embedding zeroed for a step with this "
+                                             "probability, in [0, 1).")] = T.embed_dropout,
+    ar: Annotated[float, Opt(help="Activation regularisation: adds AR x mean(h^2) of the top layer to the loss.")] = T.ar,
+    tar: Annotated[float, Opt(help="Temporal activation regularisation: adds TAR x mean((h_t - h_t-1)^2) of the top "
+                                   "layer to the loss.")] = T.tar,
+    seq_len: Annotated[int, Opt(min=1, help=f"Characters per truncated-BPTT window. {auto(T.seq_len)}",
+                                show_default=False)] = T.seq_len,
+    batch_size: Annotated[int, Opt(min=1, help=f"Parallel streams per step (per process under torchrun). {auto(T.batch_size)}",
+                                   show_default=False)] = T.batch_size,
     lr: Annotated[Optional[float], Opt(help=f"Peak AdamW learning rate (warmup, then cosine decay to a tenth). "
                                             f"\\[default: {T.lr:g}; {FINETUNE_LR:g} with --init-from]",
                                        show_default=False)] = None,
@@ -194,12 +217,16 @@ def train(
                                     patience=patience, seed=seed, device=device.value, compile=compile,
                                     precision=precision.value, documents=documents.value, samples=samples,
                                     sample_every=sample_every, sample_chars=sample_chars,
-                                    sample_prompt=unescape(sample_prompt), **budgets)
+                                    sample_prompt=unescape(sample_prompt), weight_drop=weight_drop,
+                                    locked_dropout=locked_dropout, input_dropout=input_dropout,
+                                    embed_dropout=embed_dropout, ar=ar, tar=tar, **budgets)
             require = LINE_BREAK if lines else ""
             if parent is None:
                 corpus_data = load_corpus(specs, tokenizer=tokenizer.value, require=require, encoding=encoding,
                                           separator=sep)
                 model_cfg = dataclasses.replace(model_cfg, vocab_size=corpus_data.vocab.size)
+                if not any(_given(ctx, opt) for opt in SHAPE_OPTS):
+                    model_cfg, train_cfg = _sized(ctx, corpus_data, model_cfg, train_cfg, dist)
             else:
                 corpus_data = load_corpus(specs, vocab=parent.vocab, extend=True, require=require, encoding=encoding,
                                           separator=sep)
@@ -231,6 +258,27 @@ def train(
         shutdown()
     if result.stopped in ("SIGINT", "SIGTERM"):
         raise typer.Exit(130)
+
+
+def _sized(ctx: typer.Context, corpus, model_cfg: ModelConfig, train_cfg: TrainConfig, dist):
+    """The configs with what `charnet.training.sizing` chooses for this corpus, budget
+    and device, the options given explicitly kept; the choice is printed."""
+    from charnet.device import resolve_device
+    from charnet.training import sizing
+
+    budget = sizing.Budget(seconds=train_cfg.max_time, steps=train_cfg.max_steps, epochs=train_cfg.epochs)
+    flops = None
+    if budget.seconds is not None:
+        device = resolve_device(train_cfg.device, dist.local_rank)
+        # Every process must choose the same shape: they agree on the slowest one's speed.
+        measured = sizing.measure_flops(model_cfg.cell, model_cfg.vocab_size, device, train_cfg.precision)
+        flops = -dist.max([-measured])[0] * dist.world_size
+    train_chars, lines = sizing.corpus_shape(corpus, train_cfg.documents, train_cfg.val_fraction)
+    chosen = sizing.choose(train_chars, model_cfg.vocab_size, budget, cell=model_cfg.cell, flops_per_s=flops,
+                           world_size=dist.world_size, lines=lines)
+    dist.on_main(lambda: print(chosen.describe(budget)))
+    given = {name for name in (*sizing.SIZED_MODEL, *sizing.SIZED_TRAINING) if _given(ctx, name)}
+    return sizing.apply(chosen, model_cfg, train_cfg, given)
 
 
 def _parent(ctx: typer.Context, spec: str):

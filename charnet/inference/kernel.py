@@ -36,6 +36,7 @@ from torch import Tensor
 from charnet.cells import State
 from charnet.config import PRECISIONS
 from charnet.device import native_bf16
+from charnet.flops import GATES
 from charnet.model import CharRNN
 
 
@@ -66,7 +67,7 @@ class StepKernel:
         self.row_multiple = 1 if precision == "bfloat16" else 8
         rnn = model.rnn
         h = cfg.hidden
-        self.gates = {"rnn": 1, "lstm": 4, "peephole": 4, "gru": 3}[self.cell]
+        self.gates = GATES[self.cell]
         # LSTM rows are reordered (i, f, g, o) -> (i, f, o, g) so one sigmoid covers a
         # contiguous 3H block and one tanh the last H.
         order = (torch.cat([torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)])

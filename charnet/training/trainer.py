@@ -43,6 +43,7 @@ from charnet.model import CharRNN, detach_state
 from charnet.training import samples
 from charnet.training.monitor import Monitor
 from charnet.training.optim import lr_at, make_optimizer
+from charnet.training.regularize import Regularized
 from charnet.training.signals import StopSignals
 from charnet.units import bits
 
@@ -97,7 +98,9 @@ class Trainer:
         self.model.to(self.device).train()
         self.optimizer = make_optimizer(self.model, cfg)
         torch.manual_seed(cfg.seed + self.dist.rank)  # but different dropout masks
-        net: torch.nn.Module = self.model
+        # The regularisers' forward pass wraps the model (sharing its parameters); with
+        # none of them on, training runs the model's own forward as it always has.
+        net: torch.nn.Module = Regularized(self.model, cfg) if cfg.regularized else self.model
         if self.dist.active:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
@@ -244,8 +247,13 @@ class Trainer:
             x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         else:
             x, y = x.to(self.device), y.to(self.device)
+        penalty = None
         with autocast_for(self.device, self.cfg.precision):
-            logits, state = self.net(x, self.carry)
+            if self.cfg.regularized:
+                valid = (y != IGNORE) if self.cfg.documents == "lines" else None
+                logits, state, penalty = self.net(x, self.carry, valid)
+            else:
+                logits, state = self.net(x, self.carry)
         logits, targets = logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
         if self.cfg.documents == "lines":
             # Padding leaves processes different numbers of targets: dividing by the global
@@ -254,7 +262,8 @@ class Trainer:
             loss = F.cross_entropy(logits, targets, reduction="sum", ignore_index=IGNORE) * (self.dist.world_size / count)
         else:
             loss = F.cross_entropy(logits, targets)
-        loss.backward()
+        # AR/TAR shape the gradient only: the loss logged and compared is the data's.
+        (loss if penalty is None else loss + penalty).backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()

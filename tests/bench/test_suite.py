@@ -30,6 +30,7 @@ TARGET_NAMES = [
     "Beside a hostile client: errors of the well-behaved clients", "Beside a hostile client: server RSS growth",
     "Sonnets: 2 min fine-tuned from shakespeare vs 10 min from scratch",
     "tinyshakespeare val loss, 15 min on a 2-core CPU", "tinyshakespeare val loss, 10 min on one H100",
+    "Automatic defaults vs the best run, 15 min CPU", "Every cell's new recipe vs today's settings, 15 min CPU",
     "Cached corpus encoding",
 ]
 
@@ -213,7 +214,7 @@ def quality_data(loss: float, budget: float = 900, quick: bool = False) -> dict:
 
 
 def test_targets_judged_and_missing_ones_not_measured():
-    judged = {t.name: t for t in figures.targets(results_with(quality=quality_data(1.45)))}
+    judged = {t.name: t for t in figures.targets(results_with(quality=quality_data(1.35)))}
     assert set(judged) == set(TARGET_NAMES)
     assert judged["tinyshakespeare val loss, 15 min on a 2-core CPU"].status == "met"
     gpu = judged["tinyshakespeare val loss, 10 min on one H100"]
@@ -239,6 +240,29 @@ def test_targets_judged_and_missing_ones_not_measured():
         judged = {t.name: t for t in figures.targets(results_with(quality=data))}
         t = judged["tinyshakespeare val loss, 15 min on a 2-core CPU"]
         assert t.status == "not measured" and "not comparable" in t.note
+
+
+def test_recipe_targets():
+    """The automatic defaults against the best run; every cell's new recipe (sized, or
+    auto for the default cell) against today's settings for that cell."""
+    def run(cell, loss):
+        return {"cell": cell, "budget_s": 900, "final_val_loss": loss, "val_curve": [], "hparams": {}}
+
+    data = quality_data(1.45)
+    data["cpu"] = {"auto (gru)": run("gru", 1.40), "gru": run("gru", 1.45), "lstm": run("lstm", 1.50),
+                   "lstm sized": run("lstm", 1.39)}
+    judged = {t.name: t for t in figures.targets(results_with(quality=data))}
+    auto, cells = judged["Automatic defaults vs the best run, 15 min CPU"], judged[
+        "Every cell's new recipe vs today's settings, 15 min CPU"]
+    assert (auto.measured, auto.status) == ("+0.010 (1.400 vs 1.390, lstm sized)", "met")
+    assert (cells.measured, cells.status) == ("gru -0.050, lstm -0.110", "met")
+    data["cpu"]["lstm sized"] = run("lstm", 1.52)
+    judged = {t.name: t for t in figures.targets(results_with(quality=data))}
+    assert judged["Every cell's new recipe vs today's settings, 15 min CPU"].status == "not met"
+    assert judged["Automatic defaults vs the best run, 15 min CPU"].measured.startswith("+0.000")
+    del data["cpu"]["auto (gru)"]
+    judged = {t.name: t for t in figures.targets(results_with(quality=data))}
+    assert judged["Automatic defaults vs the best run, 15 min CPU"].status == "not measured"
 
 
 SERVE = {"levels": [{"clients": n, "chars_per_s": 100.0 * n ** 0.8, "ttfc_p99_ms": 2.0 * n, "errors": None}
@@ -267,7 +291,7 @@ def test_report_tables_and_plots(tmp_path):
 
 
 def test_report_says_not_measured_for_parts_not_run(tmp_path):
-    results = results_with(quality=quality_data(1.45))
+    results = results_with(quality=quality_data(1.35))
     results["machine"]["load_average"] = [3.0, 2.5, 2.0]  # other work on the 2 cores
     results["parts"]["train"] = {"status": "not available", "module": "bench.train_throughput"}
     results["parts"]["encode"] = {"status": "failed", "module": "bench.encode", "returncode": 1,
@@ -278,7 +302,7 @@ def test_report_says_not_measured_for_parts_not_run(tmp_path):
     assert "bench.train_throughput is not available in this checkout" in text
     assert "**Busy machine**: a 1-minute load average of 3.0 on 2 cores" in text
     assert "bench.encode failed (exit code 1)" in text and "RuntimeError: boom" in text
-    assert ("| tinyshakespeare val loss, 15 min on a 2-core CPU | <= 1.50 nats/char | 1.450 (lstm, 900 s) "
+    assert ("| tinyshakespeare val loss, 15 min on a 2-core CPU | <= 1.38 nats/char | 1.350 (lstm, 900 s) "
             "| **met** |") in text
     assert "## Serving under load\n\nnot measured: not run" in text
     assert (tmp_path / "plots" / "r-quality-cpu.png").is_file()

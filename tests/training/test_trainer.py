@@ -105,7 +105,11 @@ ARGS = [*TINY, "--hidden", "64", "--dropout", "0.2", "--max-steps", "300", "--ev
 @pytest.fixture
 def run_args(request, small_corpus, unicode_corpus, tmp_path):
     """The corpus and options of a run to kill and resume: running text, line documents,
-    or fine-tuning a parent trained on other text (its vocabulary extended)."""
+    fine-tuning a parent trained on other text (its vocabulary extended), or running
+    text with every regulariser on (restored from the checkpoint, RNG and all)."""
+    if request.param == "regularized":
+        return [small_corpus, *ARGS, "--weight-drop", "0.3", "--locked-dropout", "--input-dropout", "0.1",
+                "--embed-dropout", "0.1", "--ar", "1", "--tar", "1"]
     if request.param == "lines":
         return [small_corpus, *ARGS, "--documents", "lines"]
     if request.param == "init-from":
@@ -115,7 +119,7 @@ def run_args(request, small_corpus, unicode_corpus, tmp_path):
     return [small_corpus, *ARGS]
 
 
-@pytest.mark.parametrize("run_args", ["files", "lines", "init-from"], indirect=True)
+@pytest.mark.parametrize("run_args", ["files", "lines", "init-from", "regularized"], indirect=True)
 def test_killed_run_resumes_to_the_same_weights(run_args, tmp_path):
     straight = run_cli("train", *run_args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
@@ -143,7 +147,9 @@ def test_killed_run_resumes_to_the_same_weights(run_args, tmp_path):
     steps = [r["step"] for r in records(out) if "train_loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 300  # the log has no repeated steps
     config = json.loads((out / "last" / "config.json").read_text())
-    assert config.get("parent") == json.loads((tmp_path / "straight" / "last" / "config.json").read_text()).get("parent")
+    straight_config = json.loads((tmp_path / "straight" / "last" / "config.json").read_text())
+    assert config.get("parent") == straight_config.get("parent")
+    assert config["training"] == straight_config["training"]  # the regularisers among them
 
 
 def test_ctrl_c_saves_and_exits_cleanly(small_corpus, tmp_path):
@@ -170,7 +176,7 @@ def test_default_corpus_beats_unigram_entropy_within_a_few_hundred_steps(tmp_pat
                      "--lr", "1e-2", "--max-steps", "300", "--eval-every", "100", "--eval-chars", "20000",
                      cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr
-    run = tmp_path / "runs" / "shakespeare-lstm"
+    run = tmp_path / "runs" / "shakespeare-gru"
     config = json.loads((run / "best" / "config.json").read_text())
     assert config["corpus"]["specs"] == [str(BUNDLED)]
     metrics = config["metrics"]
