@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
                      "[default: 15m; 20s with --quick]")
     run.add_argument("--gpu-budget", help="training time per cell for the quality runs on CUDA [default: 10m]")
     run.add_argument("--cells", help="cells for the quality runs [default: lstm,gru,peephole]")
+    run.add_argument("--recipes", help="recipes for the quality runs [default: today,sized,auto]")
+    run.add_argument("--quality-from", type=Path, metavar="JSON", help="reuse the quality runs of an earlier "
+                     "`python -m bench.quality --json` file that finished with the same settings (a long run "
+                     "resumed after an interruption)")
     run.add_argument("--only", help=f"comma-separated benchmarks to run, of: {', '.join(PARTS)} [default: all]")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results JSON and the plots "
                      "[default: bench/results]")

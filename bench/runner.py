@@ -59,6 +59,8 @@ def part_command(name: str, json_path: Path, args) -> list[str]:
         cmd += ["--budget", budget] if budget else []
         cmd += ["--gpu-budget", args.gpu_budget] if args.gpu_budget else []
         cmd += ["--cells", args.cells] if args.cells else []
+        cmd += ["--recipes", args.recipes] if args.recipes else []
+        cmd += ["--continue-from", str(args.quality_from)] if args.quality_from else []
         cmd += ["--out", str(args.runs)] if args.runs else []
     return cmd
 
@@ -167,7 +169,8 @@ def run_all(args) -> int:
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['threads']} torch threads, torch {info['torch']}, "
           f"commit {info['git_commit']}, load average {info['load_average']}", flush=True)
     results = {"schema": SCHEMA, "machine": info, "quick": args.quick,
-               "args": {"only": names, "budget": args.budget, "gpu_budget": args.gpu_budget, "cells": args.cells},
+               "args": {"only": names, "budget": args.budget, "gpu_budget": args.gpu_budget, "cells": args.cells,
+                        "recipes": args.recipes},
                "parts": {}}
     started = time.monotonic()
     if args.keep:
