@@ -15,9 +15,11 @@ The rule, from the training split's length C, the budget and this device's measu
    the budget can still show `CHARS_PER_PARAMETER` characters per parameter, and that
    has at most `PARAMETERS_PER_CHAR` parameters per training character, so a small
    corpus is not memorised outright; below 128 units, one layer.
-4. Regularisation from the epochs that plans, E = D / C: dropout p = 0.1 log2(2E)
-   clamped to [0.1, 0.5] (one pass barely overfits; the 10th pass of a 1 MB corpus does),
-   locked across time, and the same p of weight drop on the recurrent matrices.
+4. Regularisation from the epochs that plans, E = D / C: dropout p = 0.05 log2(2E)
+   clamped to [0.1, 0.5], locked across time, and the same p of weight drop on the
+   recurrent matrices. A few passes barely overfit, and strong dropout then mostly slows
+   learning (0.35 at 7.7 passes did not beat 0.2 at 2.9, above); hundreds of passes over
+   a small corpus need it all.
 
 Every option given explicitly wins over the rule.
 """
@@ -40,10 +42,12 @@ from charnet.training.data import EncodedCorpus
 from charnet.training.evaluation import autocast_for
 from charnet.training.line_batches import LineDocuments
 
-CHARS_PER_PARAMETER = 4.0
+CHARS_PER_PARAMETER = 1.5
 """Training characters the budget should buy per parameter. Wider models learn more per
-character but see fewer; on tinyshakespeare a 2x512 gru that saw 4 characters per
-parameter reached 1.42 nats/char, and one that saw 1.4 (a 3x slower CPU) 1.57."""
+character but see fewer. On tinyshakespeare in 15 minutes on the 2-core EPYC (one
+bench/quality.py run, float32), a 2x512 gru that saw 1.1 characters per parameter (2.9
+epochs, dropout 0.2) reached 1.622 nats/char, and a 2x352 one that saw 6.3 (the first
+rule: 4 per parameter, dropout and weight drop 0.35, 7.7 epochs) 1.635."""
 
 PARAMETERS_PER_CHAR = 8.0
 """Most parameters per training character: the bundled names model (7 per character,
@@ -168,11 +172,13 @@ def parameters(cfg: ModelConfig) -> int:
 
 def measure_flops(cell: str, vocab: int, device: torch.device, precision: str, seconds: float = PROBE_SECONDS) -> float:
     """Training matrix-product FLOP/s this device reaches: forward and backward passes of
-    a 2x256 probe of `cell` on 32 x 64 random characters, timed for `seconds`."""
+    a 2x256 probe of `cell` on a batch of 64 x 128 random characters (training's own
+    shape: a smaller batch runs the products at a fraction of the speed and undersizes
+    the model), timed for `seconds`."""
     cfg = ModelConfig(vocab_size=vocab, cell=cell, layers=2, hidden=256, embedding=64, dropout=0.0)
     model = CharRNN(cfg).to(device)
     generator = torch.Generator().manual_seed(0)  # leaves the global generator to the run's seed
-    idx = torch.randint(vocab, (32, 65), generator=generator).to(device)
+    idx = torch.randint(vocab, (64, 129), generator=generator).to(device)
 
     def step() -> None:
         with autocast_for(device, precision):
@@ -229,7 +235,7 @@ def choose(train_chars: int, vocab: int, budget: Budget, *, cell: str, flops_per
     if cfg.hidden < 128:
         cfg = widest(1, 16)
     chars = planned(cfg)
-    p = round(min(0.5, max(0.1, 0.1 * math.log2(2 * chars / train_chars))) * 20) / 20  # to 0.05
+    p = round(min(0.5, max(0.1, 0.05 * math.log2(2 * chars / train_chars))) * 20) / 20  # to 0.05
     return Sizing(vocab_size=vocab, cell=cell, layers=cfg.layers, hidden=cfg.hidden, embedding=cfg.embedding, dropout=p, weight_drop=p,
                   batch_size=batch, seq_len=window, train_chars=train_chars, planned_chars=chars,
                   flops_per_s=flops_per_s if budget.seconds is not None else None)
