@@ -169,6 +169,10 @@ def targets(results: dict) -> list[Target]:
     return out
 
 
+QUALITY_CELLS = ("lstm", "gru", "peephole")
+"""The cells bench.quality trains by default."""
+
+
 def _recipe_targets(results: dict, quality: dict | None) -> list[Target]:
     """The automatic defaults against the best run, and each cell's sized recipe against
     today's settings (bench.quality's recipes), on the CPU."""
@@ -188,6 +192,9 @@ def _recipe_targets(results: dict, quality: dict | None) -> list[Target]:
     text = ", ".join(f"{cell} {d:+.3f}" for cell, d in sorted(pairs.items()))
     out.append(_judge("Every cell's new recipe vs today's settings, 15 min CPU", "lower val loss for every cell", worst,
                       lambda v: v < 0, text.replace("{", "{{").replace("}", "}}") or "{}", missing))
+    unpaired = [cell for cell in QUALITY_CELLS if cell not in pairs]
+    if pairs and unpaired:
+        out[-1].note = f"not measured for {', '.join(unpaired)}"
     return out
 
 

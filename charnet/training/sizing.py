@@ -78,13 +78,18 @@ class Sizing:
 
     vocab_size: int
     cell: str
+    """The cell sized for (its FLOPs per character set the width)."""
     layers: int
     hidden: int
     embedding: int
+    """The shape chosen (`ModelConfig`'s fields)."""
     dropout: float
+    """`ModelConfig.dropout`, locked across time (`TrainConfig.locked_dropout`)."""
     weight_drop: float
+    """`TrainConfig.weight_drop`."""
     batch_size: int
     seq_len: int
+    """The batch per process and the window (`TrainConfig`'s fields)."""
     train_chars: int
     """Characters in the training split."""
     planned_chars: float
@@ -112,8 +117,8 @@ class Sizing:
         parts = []
         if budget.seconds is not None:
             minutes, seconds = divmod(round(budget.seconds), 60)
-            spend = f"{minutes} min" + (f" {seconds} s" if seconds else "") if minutes else f"{seconds} s"
-            parts.append(f"{spend} budget, {self.flops_per_s / 1e9:.1f} GFLOP/s measured "
+            length = f"{minutes} min" + (f" {seconds} s" if seconds else "") if minutes else f"{seconds} s"
+            parts.append(f"{length} budget, {self.flops_per_s / 1e9:.1f} GFLOP/s measured "
                          f"(~{self.chars_per_s:,.0f} chars/s at this shape)")
         if budget.steps is not None:
             parts.append(f"{budget.steps:,} steps")
