@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from bench.common import ROOT, machine, tinyshakespeare, write_json
+from bench.figures import QUALITY_CELLS
 from charnet.device import native_bf16
 
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -243,7 +244,7 @@ def main() -> None:
     from charnet.config import parse_duration
 
     budget, gpu_budget = parse_duration(args.budget), parse_duration(args.gpu_budget)
-    cells = (args.cells or ("lstm" if args.quick else "lstm,gru,peephole")).split(",")
+    cells = args.cells.split(",") if args.cells else ["lstm"] if args.quick else list(QUALITY_CELLS)
     recipes = ("today" if args.quick and args.recipes == ",".join(RECIPES) else args.recipes).split(",")
     if unknown := set(recipes) - set(RECIPES):
         raise SystemExit(f"--recipes: {', '.join(sorted(unknown))} is not one of {', '.join(RECIPES)}")
