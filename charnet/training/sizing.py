@@ -77,19 +77,23 @@ class Sizing:
     """The rule's choices, and what it chose them from."""
 
     vocab_size: int
+    """The corpus's vocabulary (`ModelConfig.vocab_size`)."""
     cell: str
     """The cell sized for (its FLOPs per character set the width)."""
     layers: int
+    """`ModelConfig.layers` chosen: 2, or 1 under 128 units."""
     hidden: int
+    """`ModelConfig.hidden` chosen, a multiple of 32 (16 for one layer)."""
     embedding: int
-    """The shape chosen (`ModelConfig`'s fields)."""
+    """`ModelConfig.embedding` chosen: a quarter of `hidden`, down to a multiple of 16, at least 16."""
     dropout: float
     """`ModelConfig.dropout`, locked across time (`TrainConfig.locked_dropout`)."""
     weight_drop: float
     """`TrainConfig.weight_drop`."""
     batch_size: int
+    """`TrainConfig.batch_size`: streams per process."""
     seq_len: int
-    """The batch per process and the window (`TrainConfig`'s fields)."""
+    """`TrainConfig.seq_len`: the window."""
     train_chars: int
     """Characters in the training split."""
     planned_chars: float
