@@ -6,16 +6,20 @@
 Measured in one run, interleaved, so the machine's noise hits both sides alike:
 - naive: the model's own forward (nn.LSTM & co.) called once per character in eager
   PyTorch, then softmax and multinomial: what a first char-rnn port does;
-- charnet single stream: `Engine.generate`, one sequence;
+- charnet single stream: `Engine.generate`, one sequence, with the fused step (the
+  element-wise part compiled, `charnet.inference.fused`) and with the fallback (the same
+  in PyTorch ops), alternating;
 - bound: bytes of weights one step must read, divided by the matrix-vector bandwidth
   measured on a matrix of the same size (so it sees the same caches);
-- batched: aggregate chars/s of 1, 8, 64 and 256 sequences generated together;
+- batched: aggregate chars/s of 1, 8, 64 and 256 sequences generated together, fused and
+  fallback;
 - constrained: 1 and 64 streams held to a JSON Schema (`RECORDS`, long enough that
   every stream runs to its length), against the same streams unconstrained;
 - exported: the same model's ONNX export (`charnet export --format web`), one stream,
   stepped by onnxruntime from Python on the CPU and by onnxruntime-web (WebAssembly, one
   thread) in headless Chromium, where Playwright and Chromium are installed.
-Targets (the sampling issue): single stream >= 5x naive and >= 50% of the bound;
+Targets (the sampling and serving-throughput issues): single stream >= 5x naive and
+>= 50% of the bound;
 64 streams >= 20x the single-stream aggregate. Structured output: a JSON-Schema
 constraint keeps >= 75% of the unconstrained chars/s at 64 streams.
 """
@@ -30,25 +34,26 @@ from pathlib import Path
 
 import torch
 
-import charnet
 from bench.common import machine, untrained_lstm, write_json
 from bench.flops import mv_gbps
 from charnet.errors import ConfigError
 from charnet.inference.engine import Engine
 
 
-def engine_for(spec: str | None) -> tuple[Engine, str]:
+def engine_for(spec: str | None, fused: bool | None = None) -> tuple[Engine, str]:
     """The checkpoint to measure: the one given, else the bundled model, else an
-    untrained model of the default shape (the same speed; the text is noise)."""
-    if spec:
-        return charnet.load(spec), spec
-    try:
-        return charnet.load("shakespeare"), "shakespeare (bundled)"
-    except Exception:  # no bundled model in this checkout
-        from charnet.checkpoint import Checkpoint
+    untrained model of the default shape (the same speed; the text is noise). `fused`:
+    the kernel's element-wise path (`Engine`)."""
+    from charnet.checkpoint import Checkpoint, find, load_checkpoint
 
+    if spec:
+        return Engine(load_checkpoint(find(spec)), fused=fused), spec
+    try:
+        return Engine(load_checkpoint(find("shakespeare")), fused=fused), "shakespeare (bundled)"
+    except Exception:  # no bundled model in this checkout
         model, vocab = untrained_lstm()
-        return Engine(Checkpoint(path=Path("untrained"), model=model, vocab=vocab, config={})), "untrained 2x512 lstm"
+        checkpoint = Checkpoint(path=Path("untrained"), model=model, vocab=vocab, config={})
+        return Engine(checkpoint, fused=fused), "untrained 2x512 lstm"
 
 
 @torch.no_grad()
@@ -162,31 +167,43 @@ def main() -> None:
     if args.quick:
         args.chars, args.batch_chars, args.rounds, args.streams = 100, 20, 1, "1,8"
     engine, label = engine_for(args.checkpoint)
+    fallback = Engine(engine.checkpoint, fused=False)
     cfg = engine.model.config
+    step = "fused" if engine.kernel.fused else "fallback (the fused step is not available here)"
     print(f"model: {label}: {cfg.cell} {cfg.layers}x{cfg.hidden}, {engine.model.num_parameters():,} parameters; "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; {engine.kernel.mm_dtype} products; {step} step")
 
-    charnet_rate(engine, 50)  # warm up: buffers, caches
+    for e in (engine, fallback):
+        charnet_rate(e, 50)  # warm up: buffers, caches, compiled code
     naive(engine, 20)
-    naive_runs, single_runs = [], []
+    naive_runs, single_runs, fallback_runs = [], [], []
     for r in range(args.rounds):
         naive_runs.append(naive(engine, max(args.chars // 4, 20), seed=r))
         single_runs.append(charnet_rate(engine, args.chars, seed=r))
+        fallback_runs.append(charnet_rate(fallback, args.chars, seed=r))
     naive_cps, single_cps = statistics.median(naive_runs), statistics.median(single_runs)
+    fallback_cps = statistics.median(fallback_runs)
     bound = bandwidth_bound(engine, 20 if args.quick else 200)
     print(f"naive eager loop      {naive_cps:10,.0f} chars/s")
     print(f"charnet single stream {single_cps:10,.0f} chars/s   {single_cps / naive_cps:5.1f}x naive (target >= 5x)")
+    print(f"  fallback step       {fallback_cps:10,.0f} chars/s   the fused step is {single_cps / fallback_cps:.2f}x it")
     print(f"bandwidth bound       {bound['bound_chars_per_s']:10,.0f} chars/s   ({bound['bytes_per_step'] / 1e6:.1f} MB "
           f"per step at {bound['mv_gb_per_s']:.1f} GB/s); charnet reaches "
-          f"{100 * single_cps / bound['bound_chars_per_s']:.0f}% (target >= 50%)")
+          f"{100 * single_cps / bound['bound_chars_per_s']:.0f}% (target >= 50%), the fallback "
+          f"{100 * fallback_cps / bound['bound_chars_per_s']:.0f}%")
 
-    batched = {}
+    batched, batched_fallback = {}, {}
     for n in (int(s) for s in args.streams.split(",")):
-        batched[n] = statistics.median(charnet_rate(engine, args.batch_chars, n, seed=r) for r in range(args.rounds))
+        fused_runs, aten_runs = [], []
+        for r in range(args.rounds):
+            fused_runs.append(charnet_rate(engine, args.batch_chars, n, seed=r))
+            aten_runs.append(charnet_rate(fallback, args.batch_chars, n, seed=r))
+        batched[n], batched_fallback[n] = statistics.median(fused_runs), statistics.median(aten_runs)
     base = batched.get(1, single_cps)
-    print("streams  aggregate chars/s  vs 1 stream")
+    print("streams  aggregate chars/s  vs 1 stream  fallback chars/s  fused vs fallback")
     for n, cps in batched.items():
-        print(f"{n:7d}  {cps:17,.0f}  {cps / base:10.1f}x" + ("  (target >= 20x)" if n == 64 else ""))
+        print(f"{n:7d}  {cps:17,.0f}  {cps / base:10.1f}x  {batched_fallback[n]:16,.0f}  "
+              f"{cps / batched_fallback[n]:16.2f}x" + ("  (target >= 20x vs 1)" if n == 64 else ""))
 
     try:
         held = constrained(engine, args.batch_chars, 1 if args.quick else 2 * args.rounds + 1,
@@ -210,11 +227,17 @@ def main() -> None:
             print(f"export: not measured: {onnx[key]}")
 
     results = {"machine": machine(), "model": label, "shape": cfg.to_dict(), "naive_chars_per_s": naive_cps,
+               "products": str(engine.kernel.mm_dtype).removeprefix("torch."), "fused": engine.kernel.fused,
                "single_chars_per_s": single_cps, "single_vs_naive": single_cps / naive_cps, **bound,
                "single_vs_bound": single_cps / bound["bound_chars_per_s"],
                "batched_chars_per_s": batched, "batched_vs_single": {n: c / base for n, c in batched.items()},
+               "fallback": {"single_chars_per_s": fallback_cps,
+                            "single_vs_bound": fallback_cps / bound["bound_chars_per_s"],
+                            "batched_chars_per_s": batched_fallback},
+               "fused_vs_fallback": {"1": single_cps / fallback_cps,
+                                     **{str(n): batched[n] / batched_fallback[n] for n in batched}},
                "constrained": held, "exported": onnx,
-               "rounds": {"naive": naive_runs, "single": single_runs}}
+               "rounds": {"naive": naive_runs, "single": single_runs, "fallback": fallback_runs}}
     if args.json:
         write_json(args.json, results)
         print(f"wrote {args.json}")

@@ -73,12 +73,14 @@ def _completion(seq: Sequence) -> Completion:
 class Engine:
     """A checkpoint loaded for generation and scoring."""
 
-    def __init__(self, checkpoint: Checkpoint, cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, checkpoint: Checkpoint, cache_bytes: int = DEFAULT_MAX_BYTES, *, fused: bool | None = None) -> None:
+        """`fused`: the kernel's element-wise path (`StepKernel`): compiled wherever it
+        can be (None), or forced either way."""
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval()
         self.vocab: Vocab = checkpoint.vocab
         self.device = next(self.model.parameters()).device
-        self.kernel = StepKernel(self.model)
+        self.kernel = StepKernel(self.model, fused=fused)
         self.cache = PromptCache(cache_bytes)
         self.lock = threading.RLock()
 

@@ -6,8 +6,18 @@ position: ``logits = kernel.step(tokens, state)`` advances every row by one toke
 updates `state` in place. The first layer's input projection is a table lookup (the
 embedding times W_ih plus biases, precomputed for every token), so a step costs one
 (B, H) x (H, G) product per layer for the recurrence, one per deeper layer for its
-input, the output layer, and a handful of in-place elementwise ops. The state and all
-elementwise arithmetic stay float32.
+input, and the output layer; the state and all elementwise arithmetic stay float32.
+
+The element-wise part of each layer (biases, gates, cell update, the conversion of h for
+the next product) runs one of two ways, chosen when the kernel is built (`fused`):
+
+- **fused** (CPU, where numba is installed; the default there): one compiled call per
+  layer (`charnet.inference.fused`), with the products taken without their biases;
+- **aten** (the fallback: GPUs, no numba, or ``CHARNET_FUSED_STEP=0``): a dozen in-place
+  PyTorch ops per layer, the biases added by the products.
+
+The two agree to float32 rounding, not bit for bit (the fused tanh is a polynomial of
+its own); every property below holds within each.
 
 Precision of the matrix products. On a CPU with native bfloat16 (AVX512-BF16, AMX) the
 weights are stored in bfloat16 and the products run in oneDNN's bf16 kernels: half the
@@ -22,14 +32,17 @@ bits for any row count. float32 BLAS does so once a product has at least 8 rows 
 that it switches to matrix-vector kernels), so in float32 batches are padded to a
 multiple of 8 rows (`rows`). The sigmoid is computed as 0.5 * tanh(x / 2) + 0.5, because
 PyTorch's vectorised and scalar sigmoid differ in the last bit (and which one an element
-gets depends on how a tensor is split) while its tanh does not. Priming uses the same
-arithmetic as generation, so every path through the engine yields identical states.
+gets depends on how a tensor is split) while its tanh does not; the fused loop runs the
+same instructions at every element, so any formula would do, and it keeps this one to
+share the packed weights. Priming uses the same arithmetic as generation, so every path
+through the engine yields identical states.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,15 +58,31 @@ def _half_sigmoid_(x: Tensor) -> Tensor:
     return x.tanh_().mul_(0.5).add_(0.5)
 
 
+def _fused_cells():
+    """The compiled cells, or None where the fused step cannot run (numba missing or
+    broken, or turned off by the environment)."""
+    try:
+        from charnet.inference import fused
+    except Exception:  # numba absent, or failing to import on this platform
+        return None
+    return fused.CELLS if fused.enabled() else None
+
+
+def _bits(t: Tensor) -> np.ndarray:
+    """A CPU tensor as the numpy array the fused cells read (bfloat16 as int16 bits)."""
+    return (t.view(torch.int16) if t.dtype is torch.bfloat16 else t).numpy()
+
+
 class StepKernel:
     """Single-step forward of a `CharRNN` (eval mode) for batched generation.
 
     `precision`: ``auto`` (bfloat16 products on CPUs with native bf16, else float32),
     ``float32`` or ``bfloat16``; the environment variable CHARNET_KERNEL_PRECISION
-    overrides ``auto``.
+    overrides ``auto``. `fused`: the element-wise part compiled (True), in PyTorch ops
+    (False), or compiled wherever it can be (None).
     """
 
-    def __init__(self, model: CharRNN, precision: str = "auto") -> None:
+    def __init__(self, model: CharRNN, precision: str = "auto", fused: bool | None = None) -> None:
         cfg = model.config
         self.cell, self.layers, self.hidden, self.vocab_size = cfg.cell, cfg.layers, cfg.hidden, cfg.vocab_size
         self.state_tensors = cfg.state_tensors
@@ -112,6 +141,21 @@ class StepKernel:
             self.w_out = self._pack(model.head.weight.detach().float())
             self.b_out = model.head.bias.detach().float().contiguous()
         self._buffers: dict[int, tuple[Tensor, ...]] = {}
+        cells = _fused_cells() if self.device.type == "cpu" and fused is not False else None
+        if fused and cells is None:
+            raise ValueError("the fused step needs the CPU, numba, and CHARNET_FUSED_STEP not set to 0")
+        self.fused = cells is not None
+        """Whether the element-wise part runs compiled (`charnet.inference.fused`)."""
+        if self.fused:
+            self._cell_fn = cells[self.cell]
+            # Products come without biases: layer 0's are in the table, the rest are added
+            # by the compiled cell (bx to the input's projection, bh to h's).
+            zeros = np.zeros(self.gates * h, dtype=np.float32)
+            self._bx = [zeros] + [self.b_ih[k].numpy() for k in range(1, cfg.layers)]
+            self._bh = [b.numpy() if b is not None else zeros for b in self.b_hh]
+            self._peep = [p.numpy() for p in self.peep]
+            self._table = self.table.numpy()
+            self._arange = np.arange(256, dtype=np.int64)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -135,10 +179,14 @@ class StepKernel:
         return sum(m.numel() * m.dtype.itemsize for m in mats) + self.table.shape[1] * 4
 
     def _scratch(self, rows: int) -> tuple[Tensor, ...]:
+        """Buffers of a batch of `rows`: (gates, tmp, gates_h, logits) for the aten path,
+        (gx, x, gh, logits) for the fused one, x (L, rows, H) in the products' dtype."""
         buf = self._buffers.get(rows)
         if buf is None:
             g, h = self.gates * self.hidden, self.hidden
-            buf = (torch.empty(rows, g, device=self.device), torch.empty(rows, h, device=self.device),
+            mid = (torch.empty(self.layers, rows, h, dtype=self.mm_dtype) if self.fused
+                   else torch.empty(rows, h, device=self.device))
+            buf = (torch.empty(rows, g, device=self.device), mid,
                    torch.empty(rows, g, device=self.device), torch.empty(rows, self.vocab_size, device=self.device))
             if len(self._buffers) >= 4:  # a few sizes: the batch's, priming's, a resize
                 self._buffers.pop(next(iter(self._buffers)))
@@ -156,7 +204,8 @@ class StepKernel:
         w = w.to(torch.bfloat16).contiguous()
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
-            self._linear = lambda x, p: torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+            linear = torch.ops.mkldnn._linear_pointwise.default  # looked up once: a few us a call
+            self._linear = lambda x, p: linear(x, p, None, "none", [], "")
             return packed
         except (AttributeError, RuntimeError):  # a build without oneDNN's packed linear
             self._linear = torch.nn.functional.linear
@@ -178,15 +227,23 @@ class StepKernel:
             return out.addmm_(x, w.t())
         return out.add_(self._product(x, w))
 
+    def _bare(self, x: Tensor, w: Tensor, out: Tensor) -> Tensor:
+        """x @ w.T without a bias: into `out` in float32, a new bfloat16 tensor in bf16."""
+        if self.mm_dtype is torch.float32:
+            return torch.mm(x, w.t(), out=out)
+        return self._linear(x, w)
+
     # -- one step -------------------------------------------------------------------------
 
-    @torch.no_grad()
     def step(self, tokens: Tensor, state: State) -> Tensor:
         """Feed `tokens` (R,) to R sequences whose state (tuple of (L, R, H)) is updated
         in place; return the next-token logits (R, V), a buffer the next call reuses.
-        R must be a value of `rows`."""
+        R must be a value of `rows`. (No autograd to turn off: every tensor the kernel
+        holds is detached, and torch.no_grad would cost a single stream 2% a step.)"""
         rows = tokens.shape[0]
         assert rows == self.rows(rows), "pad the batch to kernel.rows(n)"
+        if self.fused:
+            return self._fused_step(tokens, state)
         gates, tmp, gates_h, logits = self._scratch(rows)
         x = None
         for k in range(self.layers):
@@ -227,6 +284,32 @@ class StepKernel:
             c.mul_(f).addcmul_(i, g)
         return torch.mul(o, torch.tanh(c, out=tmp), out=h)
 
+    def _fused_step(self, tokens: Tensor, state: State) -> Tensor:
+        rows = tokens.shape[0]
+        gx_buf, xs, gh_buf, logits = self._scratch(rows)
+        hs = state[0].to(self.mm_dtype)  # every layer's h as its product reads it
+        arrays = [s.numpy() for s in state]
+        for k in range(self.layers):
+            gh = self._bare(hs[k], self.w_hh[k], gh_buf)
+            if k == 0:
+                gx, idx = self._table, tokens.numpy()
+            else:
+                gx, idx = _bits(self._bare(xs[k - 1], self.w_ih[k], gx_buf)), self._positions(rows)
+            self._fused_layer(k, gx, idx, _bits(gh), arrays, _bits(xs[k]))
+        return torch.add(self.b_out, self._bare(xs[-1], self.w_out, logits), out=logits)
+
+    def _fused_layer(self, k: int, gx: np.ndarray, idx: np.ndarray, gh: np.ndarray, state: list[np.ndarray],
+                     x: np.ndarray) -> None:
+        """Layer k's compiled cell: state[...][k] updated, its new h written to x."""
+        extra = (self._peep[k],) if self.cell == "peephole" else ()
+        self._cell_fn(gx, idx, self._bx[k], gh, self._bh[k], k, *state, *extra, x)
+
+    def _positions(self, n: int) -> np.ndarray:
+        """0..n-1, the rows of a deeper layer's projection each row reads."""
+        if len(self._arange) < n:
+            self._arange = np.arange(n, dtype=np.int64)
+        return self._arange[:n]
+
     # -- priming --------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -243,6 +326,8 @@ class StepKernel:
         work = tuple(torch.zeros(self.layers, rows, self.hidden, device=self.device) for _ in range(self.state_tensors))
         for w, s in zip(work, state):
             w[:, 0] = s[:, 0]
+        if self.fused:
+            return self._fused_prime(ids, state, work)
         gates, tmp, gates_h, _ = self._scratch(rows)
         # As many rows as a batch of T sequences would have, so each product gives
         # every position the bits it gets in `step`.
@@ -262,3 +347,30 @@ class StepKernel:
         last = torch.zeros(rows, self.hidden, device=self.device)
         last[0] = outputs[steps - 1]
         return self._affine(torch.empty(rows, self.vocab_size, device=self.device), self.b_out, last, self.w_out)[0]
+
+    def _fused_prime(self, ids: Tensor, state: State, work: State) -> Tensor:
+        """`prime` with the compiled cells: per layer, the input's projection for every
+        position in one product, then for each position h's product and the cell, as
+        `_fused_step` computes them for a batch of `rows(1)`."""
+        steps, rows = ids.shape[0], self.rows(1)
+        _, xs, gh_buf, _ = self._scratch(rows)
+        arrays = [w.numpy() for w in work]
+        one = np.zeros(rows, dtype=np.int64)  # the projection's row for row 0 (padding rows: any)
+        below = None  # the layer below's h at every position, in the products' dtype
+        for k in range(self.layers):
+            if k == 0:
+                gx, at = self._table, ids.numpy()
+            else:
+                proj = self._bare(below, self.w_ih[k], torch.empty(len(below), self.gates * self.hidden))
+                gx, at = _bits(proj), self._positions(steps)
+            outputs = torch.zeros(self.rows(steps), self.hidden, dtype=self.mm_dtype)
+            x = _bits(xs[k])
+            for t in range(steps):
+                gh = self._bare(work[0][k].to(self.mm_dtype), self.w_hh[k], gh_buf)
+                one[0] = at[t]
+                self._fused_layer(k, gx, one, _bits(gh), arrays, x)
+                outputs[t] = xs[k][0]
+            below = outputs
+        for w, s in zip(work, state):
+            s[:, 0] = w[:, 0]
+        return (self._bare(xs[-1], self.w_out, torch.empty(rows, self.vocab_size)) + self.b_out)[0]

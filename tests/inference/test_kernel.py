@@ -1,4 +1,5 @@
-"""The single-step kernel computes the model, row by row, independently of its batch."""
+"""The single-step kernel computes the model, row by row, independently of its batch, with
+either element-wise path (compiled or PyTorch ops)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ V, T = 23, 40
 PRECISIONS = ["float32", pytest.param("bfloat16", marks=pytest.mark.skipif(
     not native_bf16(torch.device("cpu")), reason="this CPU has no native bfloat16 products"))]
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2}
+FUSED = [pytest.param(True, id="fused"), pytest.param(False, id="aten")]
 
 
 def model(cell: str, hidden: int = 48) -> CharRNN:
@@ -40,9 +42,10 @@ def stepped(kernel: StepKernel, ids: torch.Tensor, rows: int, row: int, seed: in
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_step_computes_the_model(cell, precision):
+@pytest.mark.parametrize("fused", FUSED)
+def test_step_computes_the_model(cell, precision, fused):
     m = model(cell)
-    kernel = StepKernel(m, precision)
+    kernel = StepKernel(m, precision, fused)
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference, _ = m(ids.unsqueeze(0))
@@ -52,9 +55,10 @@ def test_step_computes_the_model(cell, precision):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_rows_do_not_depend_on_their_batch(cell, precision):
+@pytest.mark.parametrize("fused", FUSED)
+def test_rows_do_not_depend_on_their_batch(cell, precision, fused):
     """Bit for bit: what a sequence computes alone it computes among 63 strangers."""
-    kernel = StepKernel(model(cell, hidden=128), precision)
+    kernel = StepKernel(model(cell, hidden=128), precision, fused)
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(2))
     alone = stepped(kernel, ids, kernel.rows(1), 0)
     for rows, row in [(16, 9), (64, 37), (256, 255)] + ([(3, 2), (13, 5)] if precision == "bfloat16" else []):
@@ -63,8 +67,9 @@ def test_rows_do_not_depend_on_their_batch(cell, precision):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_priming_whole_in_pieces_and_stepping_agree(cell, precision):
-    kernel = StepKernel(model(cell), precision)
+@pytest.mark.parametrize("fused", FUSED)
+def test_priming_whole_in_pieces_and_stepping_agree(cell, precision, fused):
+    kernel = StepKernel(model(cell), precision, fused)
     ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(3))
     whole = kernel.zero_state(1)
     logits_whole = kernel.prime(ids, whole)
@@ -75,6 +80,27 @@ def test_priming_whole_in_pieces_and_stepping_agree(cell, precision):
     assert torch.equal(logits_whole, logits_pieces)
     assert all(torch.equal(a, b) for a, b in zip(whole, pieces))
     assert torch.equal(stepped(kernel, ids, kernel.rows(1), 0)[-1], logits_whole)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_and_aten_steps_agree_to_rounding(cell, precision):
+    """Not bit for bit (the compiled tanh is a polynomial of its own), but within float32
+    rounding over 40 steps, and in the same row order."""
+    m = model(cell)
+    ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(4))
+    fused, aten = (StepKernel(m, precision, f) for f in (True, False))
+    tol = 1e-4 if precision == "float32" else TOLERANCE[precision]
+    torch.testing.assert_close(stepped(fused, ids, 16, 9), stepped(aten, ids, 16, 9), atol=tol, rtol=tol)
+
+
+def test_the_fused_step_is_the_default_on_the_cpu_and_can_be_turned_off(monkeypatch):
+    m = model("gru")
+    assert StepKernel(m).fused
+    monkeypatch.setenv("CHARNET_FUSED_STEP", "0")
+    assert not StepKernel(m).fused
+    with pytest.raises(ValueError, match="CHARNET_FUSED_STEP"):
+        StepKernel(m, fused=True)
 
 
 def test_rows():
