@@ -3,7 +3,9 @@
 Each benchmark's own JSON is read by its keys:
 - train_throughput: ``results`` rows (``cell``, ``trainer_chars_per_s``,
   ``bare_chars_per_s``, ``trainer_over_bare``), ``ratios["peephole/lstm"]`` and ``shape``;
-- serve_load: ``levels`` rows (``clients``, ``chars_per_s``, ``ttfc_p99_ms``, ``headers_p99_ms``, ``errors``);
+- serve_load: ``levels`` rows (``clients``, ``chars_per_s``, ``engine_chars_per_s``,
+  ``server_over_engine``, time to first character and to headers p50/p99, CPU seconds
+  per 1,000 characters, ``errors``) and ``soak`` (``errors``, ``rss_growth``);
 - hostile: ``quiet`` and ``hostile`` phases, ``aggregate_ratio``, ``ttfc_p99_ratio``, ``rss_growth``;
 - finetune: ``runs`` (``finetune``, ``scratch``, ``scratch_long``: ``best_val_loss``,
   ``final_val_loss``, ``budget_s``, ``curve``) and ``finetune_over_scratch_long``;
@@ -59,10 +61,17 @@ def train_figures(data: dict | None, flops: dict | None) -> dict:
     return {"cells": out, "shape": shape, "peephole_over_lstm": data.get("ratios", {}).get("peephole/lstm")}
 
 
+SERVE_KEYS = ("clients", "chars_per_s", "engine_chars_per_s", "server_over_engine", "ttfc_p50_ms", "ttfc_p99_ms",
+              "headers_p50_ms", "headers_p99_ms", "server_cpu_s_per_kchar", "api_cpu_s_per_kchar",
+              "engine_cpu_s_per_kchar", "client_cpu_s_per_kchar", "errors")
+
+
 def serve_figures(data: dict | None) -> list[dict]:
-    """The concurrency sweep: clients, aggregate chars/s, p99 time to first char and to
-    the response headers, errors."""
-    return [{k: row.get(k) for k in ("clients", "chars_per_s", "ttfc_p99_ms", "headers_p99_ms", "errors")}
+    """The concurrency sweep, a row per client count: the server's and its engine's
+    chars/s and their ratio, time to first character and to the response headers,
+    CPU per 1,000 characters (server, its API and engine processes, the load
+    generator), errors. A figure older results lack is None."""
+    return [{k: row.get(k) for k in SERVE_KEYS}
             for row in sorted((data or {}).get("levels", []), key=lambda r: r["clients"])]
 
 
@@ -136,9 +145,23 @@ def targets(results: dict) -> list[Target]:
     out.append(_judge("Server aggregate at 64 clients vs 1 client", ">= 20x", many / one if one and many else None,
                       lambda v: v >= 20, "{:.1f}x",
                       "not measured: no 1- and 64-client rates in serve_load's results" if serve else no_serve))
-    out.append(_judge("p99 time to first character at 64 clients", "<= 100 ms", serve.get(64, {}).get("ttfc_p99_ms"),
-                      lambda v: v <= 100, "{:.0f} ms",
+    for clients, goal in ((1, 0.90), (64, 0.75)):
+        out.append(_judge(f"Server vs its engine alone, {clients} client{'s' if clients > 1 else ''}", f">= {goal:.2f}x",
+                          serve.get(clients, {}).get("server_over_engine"), lambda v, g=goal: v >= g, "{:.2f}x",
+                          f"not measured: no {clients}-client engine and server rates in serve_load's results"
+                          if serve else no_serve))
+    out.append(_judge("p99 time to first character at 64 clients", "<= 50 ms", serve.get(64, {}).get("ttfc_p99_ms"),
+                      lambda v: v <= 50, "{:.0f} ms",
                       "not measured: no 64-client p99 in serve_load's results" if serve else no_serve))
+    soak = (part(results, "serve") or {}).get("soak") or {}
+    no_soak = "not measured: no soak in serve_load's results" if serve else no_serve
+    errors = sum(r["errors"] for r in serve.values()) + soak["errors"] if serve and soak else None
+    out.append(_judge("Server errors over the sweep and the soak", "0", errors, lambda v: v == 0, "{:d}", no_soak))
+    memory = _judge("Server memory growth over a 5-minute 64-client soak", "< 10%", soak.get("rss_growth"),
+                    lambda v: v < 0.10, "{:+.1%}", no_soak)
+    if soak and (soak["duration_s"] < 300 or soak["clients"] != 64):
+        memory.note = f"a {soak['duration_s']:g} s soak of {soak['clients']} clients, not the target's"
+    out.append(memory)
 
     hostile, no_hostile = hostile_figures(part(results, "hostile")), status_line(results, "hostile")
     out.append(_judge("Beside a hostile client: well-behaved aggregate vs quiet", ">= 0.80x", hostile.get("aggregate"),

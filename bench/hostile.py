@@ -8,7 +8,7 @@ Quiet phases (the clients alone) and hostile phases (the clients and a hostile c
 alternate against one `charnet serve`, --duration seconds of each in all (cut into
 --rounds pairs, so slow drifts in the machine's speed fall on both alike). Each well-behaved client streams one
 completion after another (`--chars` characters, its own seeds) and records its time to
-first character; the hostile client cycles through every request the isolation issue
+first character (`bench.load_client`); the hostile client cycles through every request the isolation issue
 saw hurt the service (huge numbers, 100k prompts, long stops, amplifying logprobs, n=64
 floods, lone surrogates, random methods, long scores), each as first seen and as the
 largest variant the server's limits let through, each dropped after `HOLD` seconds. The clients
@@ -28,47 +28,16 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import ROOT, write_json
 from bench.lean_http import Connection
-from bench.serve_load import PROMPTS, percentile, rss_mb, start_server
+from bench.load_client import Tally, client
+from bench.serve_load import percentile, rss_mb, start_server
 
 BUNDLED = ROOT / "checkpoints" / "shakespeare"
 SURROGATE = "\ud800"
-
-
-async def client(host: str, port: int, model: str, index: int, chars: int, until: float, out: dict) -> None:
-    """Stream completions until `until`; record characters, first-character times, errors."""
-    conn = Connection(host, port)
-    k = 0
-    try:
-        while time.perf_counter() < until:
-            body = {"model": model, "prompt": PROMPTS[index % len(PROMPTS)], "max_tokens": chars,
-                    "temperature": 1.0, "seed": index * 100_000 + k, "stream": True}
-            k += 1
-            start, first, received, finished = time.perf_counter(), None, 0, False
-            try:
-                async for event in conn.events("/v1/completions", body):
-                    if event == "[DONE]":
-                        continue
-                    if "status" in event or "error" in event:
-                        raise RuntimeError(str(event)[:200])
-                    choice = event["choices"][0]
-                    if choice["text"] and first is None:
-                        first = time.perf_counter() - start
-                    received += len(choice["text"])
-                    finished = finished or choice["finish_reason"] is not None
-                if not finished or received != chars:
-                    raise RuntimeError(f"incomplete: {received} of {chars} characters")
-            except (OSError, RuntimeError, ValueError) as e:
-                out["errors"].append(f"{type(e).__name__}: {e}")
-                await conn.close()
-            out["chars"] += received
-            if first is not None:
-                out["ttfc"].append(first)
-    finally:
-        await conn.close()
 
 
 HOLD = 5.0
@@ -143,31 +112,35 @@ async def hostile(host: str, port: int, specs: list[tuple[str, dict]], until: fl
             seen[name][status] += 1
 
 
-async def phase(host: str, port: int, model: str, clients: int, chars: int, duration: float, stats: dict,
+@dataclass
+class Phases:
+    """What the well-behaved clients saw over every phase of one kind."""
+
+    tally: Tally = field(default_factory=Tally)
+    wall: float = 0.0
+
+
+async def phase(host: str, port: int, model: str, clients: int, chars: int, duration: float, stats: Phases,
                 specs: list | None = None, seen: dict | None = None) -> None:
     """`clients` streaming for `duration` seconds (beside the hostile client, given its
     `specs`), adding to `stats`."""
     start = time.perf_counter()
     until = start + duration
-    tasks = [asyncio.create_task(client(host, port, model, i, chars, until, stats)) for i in range(clients)]
+    tasks = [asyncio.create_task(client(host, port, model, i, chars, stats.tally, until)) for i in range(clients)]
     bad = asyncio.create_task(hostile(host, port, specs, until, seen)) if specs else None
     await asyncio.gather(*tasks)
-    stats["wall"] += time.perf_counter() - start
+    stats.wall += time.perf_counter() - start
     if bad is not None:
         bad.cancel()  # an attack still in flight is abandoned: the server sees a disconnect
         await asyncio.gather(bad, return_exceptions=True)
 
 
-def new_stats() -> dict:
-    return {"chars": 0, "ttfc": [], "errors": [], "wall": 0.0}
-
-
-def summary(stats: dict) -> dict:
-    ttfc, wall = stats["ttfc"], stats["wall"]
-    return {"wall_s": round(wall, 2), "chars": stats["chars"], "chars_per_s": round(stats["chars"] / wall, 1),
+def summary(stats: Phases) -> dict:
+    ttfc, wall, errors = [s.ttfc for s in stats.tally.streams if s.ttfc is not None], stats.wall, stats.tally.errors
+    return {"wall_s": round(wall, 2), "chars": stats.tally.chars, "chars_per_s": round(stats.tally.chars / wall, 1),
             "requests": len(ttfc), "ttfc_p50_ms": round(statistics.median(ttfc) * 1e3, 1) if ttfc else None,
             "ttfc_p99_ms": round(percentile(ttfc, 99) * 1e3, 1) if ttfc else None,
-            "errors": len(stats["errors"]), "error_examples": stats["errors"][:3]}
+            "errors": len(errors), "error_examples": errors[:3]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     port = int(port)
     model = Path(args.checkpoint).name
     specs = [(name, spec) for name, spec in attacks(model) if args.only is None or args.only in name]
-    quiet_stats, loud_stats, seen = new_stats(), new_stats(), {}
+    quiet_stats, loud_stats, seen = Phases(), Phases(), {}
     try:
-        asyncio.run(phase(host, port, model, 2, 16, 1.0, new_stats()))  # warm up
+        asyncio.run(phase(host, port, model, 2, 16, 1.0, Phases()))  # warm up
         rss_before = rss_mb(proc.pid)
         print(f"{clients} clients streaming {chars} characters each; quiet and hostile phases alternate, "
               f"{rounds} of {duration / rounds:g} s each", flush=True)

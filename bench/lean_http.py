@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 
@@ -19,6 +20,8 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes = b""
+    at: float = field(default_factory=time.perf_counter)
+    """When its status line and headers had been read (time.perf_counter)."""
 
     def json(self):
         return json.loads(self.body)
@@ -31,6 +34,8 @@ class Connection:
         self.host, self.port, self.extra = host, port, headers or {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.response: Response | None = None
+        """The head of the latest response (while `events` streams its body too)."""
 
     async def _open(self) -> None:
         if self._writer is None or self._writer.is_closing():
@@ -60,7 +65,8 @@ class Connection:
         while (line := await self._reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             head[name.strip().lower()] = value.strip()
-        return Response(status, head)
+        self.response = Response(status, head)
+        return self.response
 
     async def _chunks(self, response: Response) -> AsyncIterator[bytes]:
         """The body as it arrives."""

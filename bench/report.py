@@ -35,6 +35,13 @@ def _num(v, fmt: str = ",.0f", suffix: str = "") -> str | None:
     return None if v is None else f"{v:{fmt}}{suffix}"
 
 
+def _pair(a, b, fmt: str) -> str | None:
+    """"a / b" (a dash for a missing one), or None when both are missing."""
+    if a is None and b is None:
+        return None
+    return f"{_num(a, fmt) or '—'} / {_num(b, fmt) or '—'}"
+
+
 def _image(path: Path | None, report: Path, alt: str) -> list[str]:
     if path is None:
         return []
@@ -210,12 +217,17 @@ def sample_section(results: dict, report: Path, plots_dir: Path, stem: str) -> l
         ["naive eager loop", _num(data.get("naive_chars_per_s")), "1x"],
         ["charnet, single stream", _num(data.get("single_chars_per_s")),
          _num(data.get("single_vs_naive"), ".1f", "x naive")],
+        *([["charnet, single stream, fallback step (PyTorch ops)", _num(fallback["single_chars_per_s"]),
+            _num(data["single_chars_per_s"] / fallback["single_chars_per_s"], ".2f", "x: the fused step's gain")]]
+          if (fallback := data.get("fallback")) else []),
         ["bandwidth bound, single stream", _num(data.get("bound_chars_per_s")),
          _num(100 * data["single_vs_bound"] if data.get("single_vs_bound") else None, ".0f", "% reached")]])
     batched = data.get("batched_chars_per_s") or {}
     ratios = data.get("batched_vs_single") or {}
-    lines += _table(["streams", "aggregate chars/s", "vs 1 stream"],
-                    [[n, _num(v), _num(ratios.get(n), ".1f", "x")] for n, v in batched.items()])
+    unfused = (data.get("fallback") or {}).get("batched_chars_per_s") or {}
+    lines += _table(["streams", "aggregate chars/s", "vs 1 stream", "fallback step chars/s", "fused / fallback"],
+                    [[n, _num(v), _num(ratios.get(n), ".1f", "x"), _num(unfused.get(n)),
+                      _num(v / unfused[n] if unfused.get(n) else None, ".2f", "x")] for n, v in batched.items()])
     held = data.get("constrained") or {}
     if held:
         lines += ["Held to a JSON Schema (nested objects, enums, number ranges; `RECORDS` in "
@@ -243,13 +255,31 @@ def serve_section(results: dict, report: Path, plots_dir: Path, stem: str) -> li
     if not rows:
         return lines + [status_line(results, "serve") if part(results, "serve") is None else
                         "not measured: no concurrency sweep found in serve_load's results", ""]
+    data = part(results, "serve")
     base = rows[0]["chars_per_s"] if rows[0]["clients"] == 1 else None
-    lines += _table(["clients", "aggregate chars/s", "vs 1 client", "p99 time to first char",
-                     "p99 time to response headers", "errors"],
-                    [[r["clients"], _num(r["chars_per_s"]),
+    lines += [f"`charnet serve` with `{data.get('model')}`, {data.get('chars_per_client')} characters per streaming "
+              f"client, {data.get('rounds', 1)} rounds per level, each against the engine alone (the same model, "
+              "threads and streams, in the benchmark's process). The clients run in a process of their own "
+              "(`bench/load_client.py`). Times in ms, p50 / p99; CPU in seconds per 1,000 characters.", ""]
+    lines += _table(["clients", "engine chars/s", "server chars/s", "server / engine", "vs 1 client",
+                     "first char", "headers", "server CPU (API + engine)", "client CPU", "errors"],
+                    [[r["clients"], _num(r["engine_chars_per_s"]), _num(r["chars_per_s"]),
+                      _num(r["server_over_engine"], ".2f", "x"),
                       _num(r["chars_per_s"] / base if base and r["chars_per_s"] else None, ".1f", "x"),
-                      _num(r["ttfc_p99_ms"], ".0f", " ms"), _num(r["headers_p99_ms"], ".0f", " ms"), r["errors"]]
-                     for r in rows])
+                      _pair(r["ttfc_p50_ms"], r["ttfc_p99_ms"], ".1f"),
+                      _pair(r["headers_p50_ms"], r["headers_p99_ms"], ".1f"),
+                      None if r["server_cpu_s_per_kchar"] is None else
+                      f"{r['server_cpu_s_per_kchar']:.3f} ({r['api_cpu_s_per_kchar']:.3f} + "
+                      f"{r['engine_cpu_s_per_kchar']:.3f})", _num(r["client_cpu_s_per_kchar"], ".3f"),
+                      r["errors"]] for r in rows])
+    soak = data.get("soak")
+    if soak:
+        lines += [f"Soak: {soak['clients']} clients streaming one completion after another for "
+                  f"{soak['duration_s']:g} s: {soak['requests']:,} completions, {soak['chars']:,} characters, "
+                  f"{soak['errors']} errors; the server's memory (PSS of all its processes) "
+                  f"{_num(soak['rss_mb_start'], '.0f')} MiB at the start, {_num(soak['rss_mb_end'], '.0f')} MiB at the "
+                  f"end ({_num(100 * soak['rss_growth'] if soak.get('rss_growth') is not None else None, '+.1f', '%')}).",
+                  ""]
     return lines + _image(plots.serve(plots_dir / f"{stem}-serve.png", rows), report, "serving under load")
 
 

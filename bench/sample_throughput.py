@@ -7,7 +7,7 @@ Measured in one run, interleaved, so the machine's noise hits both sides alike:
 - naive: the model's own forward (nn.LSTM & co.) called once per character in eager
   PyTorch, then softmax and multinomial: what a first char-rnn port does;
 - charnet single stream: `Engine.generate`, one sequence, with the fused step (the
-  element-wise part compiled, `charnet.inference.fused`) and with the fallback (the same
+  element-wise part compiled, `charnet.inference.fused_cells`) and with the fallback (the same
   in PyTorch ops), alternating;
 - bound: bytes of weights one step must read, divided by the matrix-vector bandwidth
   measured on a matrix of the same size (so it sees the same caches);

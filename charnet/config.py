@@ -107,6 +107,11 @@ class ModelConfig:
         """How many (layers, batch, hidden) tensors make up the recurrent state."""
         return 2 if self.cell in ("lstm", "peephole") else 1
 
+    @property
+    def state_bytes(self) -> int:
+        """Bytes one sequence's float32 state takes (what a cached prompt costs)."""
+        return self.state_tensors * self.layers * self.hidden * 4
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

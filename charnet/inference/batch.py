@@ -25,6 +25,8 @@ sampling (its settings, its logprobs, its text) ends that sequence only.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -39,6 +41,13 @@ from charnet.inference.request import GenerationRequest
 from charnet.inference.sampling import REPETITION_WINDOW, BatchParams, choose, uniform
 from charnet.documents import DEFAULT_START
 from charnet.tokenizer import Vocab
+
+log = logging.getLogger("charnet.inference")
+
+try:
+    from charnet.inference import fused_sampling
+except Exception:  # numba absent or broken: the kernel is not fused either, and nothing calls it
+    fused_sampling = None
 
 
 class Batch:
@@ -201,11 +210,15 @@ class Batch:
     def _retire(self, done: list[Sequence]) -> None:
         """Free the rows of sequences that finished this step, caching the state after
         prompt and continuation (all but the last token, sampled but never fed): a
-        follow-up request that sends them back primes only what it adds."""
+        follow-up request that sends them back primes only what it adds. That caching
+        only saves work: if it fails, nothing and nobody else does."""
         for seq in done:
             if seq.finish_reason != FINISH_ERROR and seq.tokens:
                 ids = np.concatenate([seq.prompt_ids, np.asarray(seq.tokens[:-1], dtype=seq.prompt_ids.dtype)])
-                self.cache.put(ids, tuple(t[:, seq.row:seq.row + 1] for t in self.state), self.logits[seq.row])
+                try:
+                    self.cache.put(ids, tuple(t[:, seq.row:seq.row + 1] for t in self.state), self.logits[seq.row])
+                except Exception:
+                    log.exception("caching the state after a finished generation failed")
         self._drop_rows(done)
 
     # -- one step -------------------------------------------------------------------------
@@ -325,20 +338,37 @@ class Batch:
         n = len(self.seqs)
         every = len(rows) == n
         logits = self.logits[:n] if every else self.logits[rows]
-        if self.vocab.unk_id is not None:
-            # The unknown id stands for characters the model never saw: not one to write.
-            logits[:, self.vocab.unk_id] = float("-inf")
+        unk = self.vocab.unk_id
         seeds = np.fromiter((s.seed for s in seqs), dtype=np.uint64, count=len(seqs))
         steps = np.fromiter((s.generated for s in seqs), dtype=np.uint64, count=len(seqs))
-        recent = counts = None
-        if params.any_penalty:
-            recent = self.recent[:n] if every else self.recent[rows]
-        if params.any_count_penalty:
-            counts = self.counts[:n] if every else self.counts[rows]
-        tokens = choose(logits, params, uniform(seeds, steps), recent, counts, allowed)
         want = [s.request.logprobs for s in seqs]
-        infos = self._logprobs(logits, tokens, want) if any(w is not None for w in want) else [None] * len(seqs)
+        logprobs = any(w is not None for w in want)
+        if self.kernel.fused:
+            # The compiled sampler reads the batch's tables in place and leaves out the
+            # unknown id itself; log-probabilities, when asked for, see the same logits.
+            tokens = torch.from_numpy(fused_sampling.choose(
+                self.logits, np.asarray(rows, dtype=np.int64), params, seeds, steps, unk,
+                self.recent if params.any_penalty else None, self.counts if params.any_count_penalty else None,
+                allowed))
+            if logprobs:
+                logits = self._without_unknown(logits.clone() if every else logits)
+        else:
+            logits = self._without_unknown(logits)
+            recent = counts = None
+            if params.any_penalty:
+                recent = self.recent[:n] if every else self.recent[rows]
+            if params.any_count_penalty:
+                counts = self.counts[:n] if every else self.counts[rows]
+            tokens = choose(logits, params, uniform(seeds, steps), recent, counts, allowed)
+        infos = self._logprobs(logits, tokens, want) if logprobs else [None] * len(seqs)
         return tokens, infos
+
+    def _without_unknown(self, logits: Tensor) -> Tensor:
+        """`logits` (changed in place) with the unknown id at -inf: it stands for characters
+        the model never saw, not one to write."""
+        if self.vocab.unk_id is not None:
+            logits[:, self.vocab.unk_id] = float("-inf")
+        return logits
 
     def _update_recent(self, seq: Sequence, token: int) -> None:
         seq.recent.append(token)

@@ -27,7 +27,7 @@ from charnet.checkpoint import Checkpoint, find, load_checkpoint
 from charnet.device import resolve_device
 from charnet.errors import ConfigError
 from charnet.inference.generation import CharLogprob, Sequence
-from charnet.inference.kernel import StepKernel
+from charnet.inference.kernel import StepKernel, environment as kernel_environment
 from charnet.inference.novelty import Novelty, NoveltyReport
 from charnet.inference.prompt_cache import DEFAULT_MAX_BYTES, PromptCache
 from charnet.inference.request import GenerationRequest
@@ -168,15 +168,16 @@ class Engine:
             return score_ids(self.model, ids, self.device, unknown=self.vocab.count_unknown(ids), top=top)
 
 
-_LOADED: dict[tuple[str, str, float], Engine] = {}
+_LOADED: dict[tuple, Engine] = {}
 _LOAD_LOCK = threading.Lock()
 
 
 def load(path_or_name: str | Path, device: str | torch.device = "cpu") -> Engine:
     """`Engine.open`, cached per checkpoint and device (the Python API's `charnet.load`):
-    a checkpoint that changes on disk is loaded again."""
+    a checkpoint that changes on disk is loaded again, and so is one asked for under
+    other kernel settings (`charnet.inference.kernel.environment`)."""
     directory = find(path_or_name)
-    key = (str(directory.resolve()), str(device), (directory / "config.json").stat().st_mtime)
+    key = (str(directory.resolve()), str(device), (directory / "config.json").stat().st_mtime, *kernel_environment())
     with _LOAD_LOCK:
         engine = _LOADED.get(key)
         if engine is None:

@@ -12,7 +12,7 @@ The element-wise part of each layer (biases, gates, cell update, the conversion 
 the next product) runs one of two ways, chosen when the kernel is built (`fused`):
 
 - **fused** (CPU, where numba is installed; the default there): one compiled call per
-  layer (`charnet.inference.fused`), with the products taken without their biases;
+  layer (`charnet.inference.fused_cells`), with the products taken without their biases;
 - **aten** (the fallback: GPUs, no numba, or ``CHARNET_FUSED_STEP=0``): a dozen in-place
   PyTorch ops per layer, the biases added by the products.
 
@@ -58,14 +58,28 @@ def _half_sigmoid_(x: Tensor) -> Tensor:
     return x.tanh_().mul_(0.5).add_(0.5)
 
 
+PRECISION_ENV = "CHARNET_KERNEL_PRECISION"
+"""Overrides ``auto`` precision: float32 or bfloat16."""
+
+FUSED_ENV = "CHARNET_FUSED_STEP"
+"""0 turns the fused step off: the ATen kernel everywhere (the fallback), e.g. to compare."""
+
+
+def environment() -> tuple[str | None, ...]:
+    """The environment variables that change what a new kernel computes."""
+    return os.environ.get(PRECISION_ENV), os.environ.get(FUSED_ENV)
+
+
 def _fused_cells():
     """The compiled cells, or None where the fused step cannot run (numba missing or
     broken, or turned off by the environment)."""
+    if os.environ.get(FUSED_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
     try:
-        from charnet.inference import fused
+        from charnet.inference import fused_cells
     except Exception:  # numba absent, or failing to import on this platform
         return None
-    return fused.CELLS if fused.enabled() else None
+    return fused_cells.CELLS
 
 
 def _bits(t: Tensor) -> np.ndarray:
@@ -88,7 +102,7 @@ class StepKernel:
         self.state_tensors = cfg.state_tensors
         self.device = model.head.weight.device
         if precision == "auto":
-            precision = os.environ.get("CHARNET_KERNEL_PRECISION") or (
+            precision = os.environ.get(PRECISION_ENV) or (
                 "bfloat16" if native_bf16(self.device) else "float32")
         if precision not in PRECISIONS[1:]:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -145,7 +159,7 @@ class StepKernel:
         if fused and cells is None:
             raise ValueError("the fused step needs the CPU, numba, and CHARNET_FUSED_STEP not set to 0")
         self.fused = cells is not None
-        """Whether the element-wise part runs compiled (`charnet.inference.fused`)."""
+        """Whether the element-wise part runs compiled (`charnet.inference.fused_cells`)."""
         if self.fused:
             self._cell_fn = cells[self.cell]
             # Products come without biases: layer 0's are in the table, the rest are added
@@ -168,10 +182,6 @@ class StepKernel:
         """The initial state of `rows` sequences: tuple of (L, rows, H) zeros."""
         return tuple(torch.zeros(self.layers, rows, self.hidden, device=self.device)
                      for _ in range(self.state_tensors))
-
-    def state_bytes(self) -> int:
-        """Bytes one sequence's state takes (what a cached prompt costs)."""
-        return self.state_tensors * self.layers * self.hidden * 4
 
     def weight_bytes(self) -> int:
         """Bytes of weights one step reads (the bound on single-stream speed)."""

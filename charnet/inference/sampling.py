@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -179,6 +179,17 @@ class BatchParams:
     any_typical: bool
     any_greedy: bool
     all_greedy: bool
+    _arrays: tuple[np.ndarray, ...] | None = field(default=None, init=False, repr=False)
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """temperature, top_k, top_p, min_p, typical_p, penalty, frequency, presence and
+        greedy as 1-D arrays (views of CPU tensors; made once), as
+        `charnet.inference.fused_sampling` reads them."""
+        if self._arrays is None:
+            columns = (self.temperature, self.top_k, self.top_p, self.min_p, self.typical_p, self.penalty,
+                       self.frequency, self.presence, self.greedy)
+            self._arrays = tuple(c.reshape(-1).numpy() for c in columns)
+        return self._arrays
 
     @classmethod
     def of(cls, params: list[SamplingParams], vocab_size: int, device: torch.device | str = "cpu") -> BatchParams:

@@ -1,10 +1,11 @@
 """The app factory: ``uvicorn --factory charnet.server.app:create_app``.
 
-`create_app(settings)` builds a FastAPI app whose lifespan loads every model, starts one
-engine loop thread per model, and stops them on shutdown. Without settings it reads
-them from the environment (`Settings.from_env`), which is how each ``--workers`` process
-gets them. Everything an app holds (models, caches, metrics) is its own: two apps in
-one process share nothing.
+`create_app(settings)` builds a FastAPI app whose lifespan reads every model's checkpoint
+(for its vocabulary, card and ONNX export), starts one engine process per model
+(`charnet.server.core`), and stops them on shutdown. Without settings it reads them from
+the environment (`Settings.from_env`), which is how each ``--workers`` process gets them.
+Everything an app holds (models, engine processes, metrics) is its own: two apps in one
+process share nothing.
 """
 
 from __future__ import annotations
@@ -17,23 +18,21 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from charnet import __version__
-from charnet.inference.engine import Engine
+from charnet.checkpoint import Checkpoint, load_checkpoint
 from charnet.errors import CharnetError
 from charnet.server import errors, openapi
+from charnet.server.core.client import EngineClient
 from charnet.server.deps import Model, ServerState
 from charnet.server.metrics import Metrics, RequestCounter
 from charnet.server.middleware import ApiKey, BodyLimit
 from charnet.server.onnx_exports import OnnxExport
 from charnet.server.routers import completions, generate, health, models, score
-from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
-from charnet.device import resolve_device
 
 log = logging.getLogger("charnet.server")
 
@@ -66,37 +65,51 @@ def playground_html() -> str:
     return (resources.files("charnet.server") / "static" / "index.html").read_text(encoding="utf-8")
 
 
-def _model_info(engine: Engine, onnx: OnnxExport) -> dict:
-    config = engine.checkpoint.config
-    metrics = engine.checkpoint.metrics
-    cfg = engine.model.config
+def _model_info(checkpoint: Checkpoint, onnx: OnnxExport) -> dict:
+    config, metrics, cfg, vocab = checkpoint.config, checkpoint.metrics, checkpoint.model.config, checkpoint.vocab
     return {"cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "embedding": cfg.embedding,
-            "parameters": engine.model.num_parameters(), "vocab_size": cfg.vocab_size,
-            "tokenizer": engine.vocab.kind, "val_bits_per_char": metrics.get("val_bpc"),
-            "step": metrics.get("step"), "state_bytes": engine.kernel.state_bytes(),
+            "parameters": checkpoint.model.num_parameters(), "vocab_size": cfg.vocab_size,
+            "tokenizer": vocab.kind, "val_bits_per_char": metrics.get("val_bpc"),
+            "step": metrics.get("step"), "state_bytes": cfg.state_bytes,
             "corpus": config["corpus"].get("name") if isinstance(config.get("corpus"), dict) else None,
-            "vocabulary": engine.vocab.listing(), "onnx": onnx.available}
+            "vocabulary": vocab.listing(), "onnx": onnx.available}
 
 
-def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:
-    """Every model that loads; one that does not is named in one warning line and left
-    out (`charnet serve` checked them all before starting, so this is a checkpoint that
-    broke since)."""
-    loaded: dict[str, Model] = {}
-    device = resolve_device(settings.device)
+def _checkpoints(settings: Settings) -> dict[str, Checkpoint]:
+    """Every model's checkpoint that loads; one that does not is named in one warning
+    line and left out (`charnet serve` checked them all before starting, so this is a
+    checkpoint that broke since)."""
+    loaded: dict[str, Checkpoint] = {}
     for name, path in settings.models.items():
         try:
-            engine = Engine.open(Path(path), device, cache_bytes=int(settings.cache_mb * (1 << 20)))
+            loaded[name] = load_checkpoint(Path(path))
         except CharnetError as e:
             log.warning("not serving %s: %s", name, e)
+    return loaded
+
+
+async def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:
+    """Every model whose checkpoint loads and whose engine process starts (all started
+    at once), as served models."""
+    # Reading and hashing the weights: off the event loop.
+    checkpoints = await asyncio.to_thread(_checkpoints, settings)
+    clients = {name: EngineClient(name, str(checkpoint.path), settings, metrics)
+               for name, checkpoint in checkpoints.items()}
+    started = await asyncio.gather(*(client.start() for client in clients.values()), return_exceptions=True)
+    loaded: dict[str, Model] = {}
+    for (name, client), result in zip(clients.items(), started):
+        if isinstance(result, BaseException):
+            await client.close()
+            if not isinstance(result, CharnetError):
+                raise result
+            log.warning("not serving %s: %s", name, result)
             continue
-        scheduler = Scheduler(name, engine, metrics, max_concurrency=settings.max_concurrency,
-                              max_queue=settings.max_queue, max_n=settings.max_n, timeout=settings.request_timeout)
-        created = int((engine.path / "config.json").stat().st_mtime)
-        onnx = OnnxExport(engine)
-        loaded[name] = Model(name=name, engine=engine, scheduler=scheduler, created=created, onnx=onnx,
-                             info=_model_info(engine, onnx))
-        log.info("loaded model %s from %s", name, engine.path)
+        checkpoint = checkpoints[name]
+        onnx = OnnxExport(checkpoint)
+        loaded[name] = Model(name=name, checkpoint=checkpoint, core=client, onnx=onnx,
+                             created=int((checkpoint.path / "config.json").stat().st_mtime),
+                             info=_model_info(checkpoint, onnx))
+        log.info("serving model %s from %s", name, checkpoint.path)
     return loaded
 
 
@@ -108,9 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        torch.set_num_threads(settings.threads)
-        # Loading reads and hashes the weights: off the event loop.
-        state.models = await asyncio.to_thread(_load, settings, metrics)
+        state.models = await _load(settings, metrics)
         if not state.models:
             raise CharnetError(f"none of the models could be loaded ({', '.join(settings.models)})")
         # Everything loaded so far (torch, the models) lives as long as the process: out of
@@ -119,19 +130,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # paused meanwhile).
         gc.collect()
         gc.freeze()
-        for model in state.models.values():
-            model.scheduler.start()
         state.ready = True
         try:
             yield
         finally:
             state.ready = False
-            await asyncio.to_thread(lambda: [m.scheduler.close() for m in state.models.values()])
+            await asyncio.gather(*(m.core.close() for m in state.models.values()))
 
     app = FastAPI(title="charnet", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.charnet = state
     app.openapi = lambda: openapi.schema(app, state)
-    metrics.watch_caches(lambda: [(m.name, m.engine.cache) for m in state.models.values()])
     errors.install(app)
     for router in (completions.router, generate.router, score.router, models.router, health.router):
         app.include_router(router)

@@ -7,24 +7,30 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from charnet.inference.engine import Engine
+from charnet.checkpoint import Checkpoint
+from charnet.server.core.client import EngineClient
 from charnet.server.errors import APIError
 from charnet.server.metrics import Metrics
 from charnet.server.onnx_exports import OnnxExport
-from charnet.server.scheduler import Scheduler
 from charnet.server.settings import Settings
+from charnet.tokenizer import Vocab
 
 
 @dataclass(kw_only=True)
 class Model:
-    """A served model: its name, engine, engine loop and metadata."""
+    """A served model: its name, checkpoint (for its vocabulary and card), its engine
+    process and metadata."""
 
     name: str
-    engine: Engine
-    scheduler: Scheduler
+    checkpoint: Checkpoint
+    core: EngineClient
     created: int
     onnx: OnnxExport
     info: dict = field(default_factory=dict)
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.checkpoint.vocab
 
 
 @dataclass

@@ -1,75 +1,38 @@
-"""A request's handle, shared by the event loop that answers it and the engine thread that
-computes it.
+"""A request as the API process holds it while its model's engine process computes it.
 
-The engine thread hands a `Job` immutable `Out` events, one batch per step through the
-job's event loop (`loop.call_soon_threadsafe`); the event loop only ever reads those, and
-what the engine set before the first of them (`choices`). Neither side reads the other's
-mutable state.
+The engine's `Out` events reach a `Job` through `charnet.server.core.client.EngineClient`,
+on the event loop, a step's worth at a time; the route answering the request takes them
+with `next_events`. What the engine says of a request before its first event (`choices`)
+is set the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from charnet.inference.generation import CharLogprob
 from charnet.inference.request import GenerationRequest
-from charnet.inference.scoring import Score
+from charnet.server.core.protocol import Choice, Out
 from charnet.server.metrics import Metrics
-
-
-class Overloaded(Exception):
-    """Every slot and the whole queue are taken."""
-
-
-class ShuttingDown(Exception):
-    """The scheduler no longer takes requests."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Out:
-    """What one request got from one step: a piece of a choice, or the end."""
-
-    index: int = -1
-    text: str = ""
-    logprobs: tuple[CharLogprob, ...] = ()
-    finish_reason: str | None = None
-    generated: int = 0
-    """Tokens the choice has generated so far."""
-    error: tuple[int, str] | None = None
-    """(status, message) when the request failed or timed out."""
-    score: Score | None = None
-    """A score request's result."""
-    end: bool = False
-    """No more events follow."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Choice:
-    """What a choice is from its start: its seed and its prompt's length in tokens."""
-
-    seed: int
-    prompt_tokens: int
 
 
 class Job:
     """One generation request: groups of (request, n) sequences, and its inbox."""
 
-    def __init__(self, groups: list[tuple[GenerationRequest, int]], loop: asyncio.AbstractEventLoop,
-                 timeout: float, model: str, metrics: Metrics) -> None:
+    def __init__(self, groups: list[tuple[GenerationRequest, int]], timeout: float, model: str,
+                 metrics: Metrics) -> None:
+        self.id = 0
+        """Its number in messages to and from the engine (set when it is sent)."""
         self.groups = groups
         self.slots = sum(n for _, n in groups)
-        self.loop = loop
         self.model = model
         self.metrics = metrics
         self.arrived = time.monotonic()
         self.deadline = self.arrived + timeout
         self.choices: list[Choice] = []
-        """Set by the engine thread when the request starts, before its first event."""
-        # Event-loop side only:
+        """Set when the engine starts the request, before its first event."""
         self.inbox: list[Out] = []
         self.wakeup = asyncio.Event()
         self.finished = False
@@ -116,7 +79,6 @@ class ScoreJob(Job):
     """One /v1/score request: a text's token ids, scored from the initial state with the
     `top` most likely alternatives at each position."""
 
-    def __init__(self, ids: np.ndarray, top: int, unknown: int, loop: asyncio.AbstractEventLoop, timeout: float,
-                 model: str, metrics: Metrics) -> None:
-        super().__init__([], loop, timeout, model, metrics)
+    def __init__(self, ids: np.ndarray, top: int, unknown: int, timeout: float, model: str, metrics: Metrics) -> None:
+        super().__init__([], timeout, model, metrics)
         self.ids, self.top, self.unknown = ids, top, unknown

@@ -1,18 +1,16 @@
 """Prometheus metrics, one registry per app (so apps in one process never mix counts).
 
 Per model: running and waiting requests, characters generated, time to first
-character, inter-character and end-to-end latency, client disconnects, timeouts, and
-the prompt-state cache's hits, misses, entries and bytes (read from the engines at
-scrape time). Per route: requests by status code, counted by an ASGI middleware.
+character, inter-character and end-to-end latency, client disconnects, timeouts, the
+prompt-state cache's hits, misses, entries and bytes, and whether its engine process is
+up and how often it was restarted. What the engine process counts reaches here with each
+of its steps (`charnet.server.core.client`). Per route: requests by status code, counted
+by an ASGI middleware.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -21,27 +19,6 @@ OTHER = "other"
 # Characters come every few milliseconds; first characters and whole requests take longer.
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-
-class _CacheCollector(Collector):
-    """Prompt-cache statistics of every engine, read when scraped."""
-
-    def __init__(self, engines: Callable[[], Iterable[tuple[str, object]]]) -> None:
-        self.engines = engines
-
-    def collect(self):
-        hits = CounterMetricFamily("charnet_prompt_cache_hits", "Prompts primed from a cached state.", labels=["model"])
-        misses = CounterMetricFamily("charnet_prompt_cache_misses", "Prompts primed from scratch.", labels=["model"])
-        size = GaugeMetricFamily("charnet_prompt_cache_bytes", "Bytes held by the prompt-state cache.",
-                                 labels=["model"])
-        entries = GaugeMetricFamily("charnet_prompt_cache_entries", "States held by the prompt-state cache.",
-                                    labels=["model"])
-        for name, cache in self.engines():
-            hits.add_metric([name], cache.hits)
-            misses.add_metric([name], cache.misses)
-            size.add_metric([name], cache.bytes)
-            entries.add_metric([name], len(cache))
-        yield from (hits, misses, size, entries)
 
 
 class Metrics:
@@ -73,9 +50,20 @@ class Metrics:
                                     registry=r)
         self.failures = Counter("charnet_generation_failures", "Generations that failed with an error.", ["model"],
                                 registry=r)
-
-    def watch_caches(self, engines: Callable[[], Iterable[tuple[str, object]]]) -> None:
-        self.registry.register(_CacheCollector(engines))
+        self.cache_hits = Counter("charnet_prompt_cache_hits", "Prompts primed from a cached state.", ["model"],
+                                  registry=r)
+        self.cache_misses = Counter("charnet_prompt_cache_misses", "Prompts primed from scratch.", ["model"],
+                                    registry=r)
+        self.primed_chars = Counter("charnet_prompt_primed_chars", "Prompt characters (tokens) run through the "
+                                    "model: those the prompt-state cache did not have.", ["model"], registry=r)
+        self.cache_bytes = Gauge("charnet_prompt_cache_bytes", "Bytes held by the prompt-state cache.", ["model"],
+                                 registry=r)
+        self.cache_entries = Gauge("charnet_prompt_cache_entries", "States held by the prompt-state cache.",
+                                   ["model"], registry=r)
+        self.engine_up = Gauge("charnet_engine_up", "1 while the model's engine process serves, else 0.", ["model"],
+                               registry=r)
+        self.engine_restarts = Counter("charnet_engine_restarts", "Times the model's engine process was started "
+                                       "again after it stopped.", ["model"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

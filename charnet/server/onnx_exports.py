@@ -12,12 +12,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from charnet.checkpoint import TOKENIZER, WEIGHTS
+from charnet.checkpoint import TOKENIZER, WEIGHTS, Checkpoint
 from charnet.corpus import cache_dir
 from charnet.errors import CharnetError
 from charnet.export.manifest import MANIFEST, ONNX_MODEL, Manifest
 from charnet.export.onnx import EXPORTER, export_onnx, missing
-from charnet.inference.engine import Engine
 
 FILES = {MANIFEST: "application/json", ONNX_MODEL: "application/octet-stream", TOKENIZER: "application/json"}
 """The files of an export the server hands out, with their media types."""
@@ -31,10 +30,10 @@ def can_export() -> bool:
 class OnnxExport:
     """Where one served model's ONNX export lies, found or made once."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.weights = (engine.checkpoint.config.get("files") or {}).get(WEIGHTS)
-        self.beside = engine.path / "onnx"
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.checkpoint = checkpoint
+        self.weights = (checkpoint.config.get("files") or {}).get(WEIGHTS)
+        self.beside = checkpoint.path / "onnx"
         self._folder: Path | None = None
         self._lock = threading.Lock()
 
@@ -62,7 +61,7 @@ class OnnxExport:
                     made = cache_dir() / "onnx" / self.weights[:32]
                     if not self._matches(made):
                         try:
-                            export_onnx(self.engine.checkpoint, made)
+                            export_onnx(self.checkpoint, made)
                         except CharnetError:
                             # Another replica may have swapped its own copy in meanwhile.
                             if not self._matches(made):

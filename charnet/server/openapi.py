@@ -51,7 +51,7 @@ def schema(app: FastAPI, state: ServerState) -> dict[str, Any]:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     # top_k: the largest vocabulary served (each model checks its own)
-    values = limits(state.settings, max((m.engine.vocab.size for m in state.models.values()), default=MAX_VOCAB))
+    values = limits(state.settings, max((m.vocab.size for m in state.models.values()), default=MAX_VOCAB))
     for component in doc.get("components", {}).get("schemas", {}).values():
         for prop in component.get("properties", {}).values():
             if marks := prop.get("x-charnet-limit"):

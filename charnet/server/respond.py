@@ -13,9 +13,11 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from charnet.inference.request import GenerationRequest
+from charnet.server.core.client import EngineDown, Overloaded, ShuttingDown
+from charnet.server.core.protocol import Out
 from charnet.server.deps import Model
 from charnet.server.errors import APIError
-from charnet.server.job import Job, Out, Overloaded, ScoreJob, ShuttingDown
+from charnet.server.job import Job, ScoreJob
 from charnet.server.settings import Settings
 
 LOGPROB_FLOOR = -9999.0
@@ -43,17 +45,20 @@ def _admitted(model: Model, settings: Settings, enqueue: Callable[[], Job]) -> J
                        headers={"Retry-After": "1"}) from None
     except ShuttingDown:
         raise APIError(503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "1"}) from None
+    except EngineDown:
+        raise APIError(503, f"model {model.name!r} is restarting its engine; retry shortly", code="engine_restarting",
+                       headers={"Retry-After": "1"}) from None
 
 
 def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, int]]) -> Job:
-    """Admit the request to the model's engine loop, or 400/429/503 at once."""
+    """Admit the request to the model's engine process, or 400/429/503 at once."""
     settings = http.app.state.charnet.settings
     slots = sum(n for _, n in groups)
     room = settings.max_concurrency + settings.max_queue
     if slots > room:
         raise APIError(400, f"n: this request needs {slots} sequences (prompts x n) but the server holds at most "
                             f"{room} (--max-concurrency + --max-queue)", param="n", code="too_many_choices")
-    job = _admitted(model, settings, lambda: model.scheduler.submit(groups))
+    job = _admitted(model, settings, lambda: model.core.submit(groups))
     job.metrics.prompt_chars.labels(model.name).inc(sum(len(r.prompt) * n for r, n in groups))
     return job
 
@@ -61,7 +66,7 @@ def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, in
 def submit_score(http: Request, model: Model, ids: np.ndarray, top: int, unknown: int) -> ScoreJob:
     """Admit a text to score, or 429/503 at once."""
     settings = http.app.state.charnet.settings
-    return _admitted(model, settings, lambda: model.scheduler.submit_score(ids, top, unknown))
+    return _admitted(model, settings, lambda: model.core.submit_score(ids, top, unknown))
 
 
 async def _disconnected(http: Request) -> None:
@@ -81,7 +86,7 @@ async def collect(http: Request, model: Model, job: Job) -> list[Out]:
         await _disconnected(http)
         if not job.finished:
             gone = True
-            model.scheduler.cancel(job)
+            model.core.cancel(job)
             job.metrics.disconnects.labels(model.name).inc()
             job._deliver(Out(error=(499, "client disconnected"), end=True))
 
@@ -92,7 +97,7 @@ async def collect(http: Request, model: Model, job: Job) -> list[Out]:
             events += batch
             job.emitted(sum(len(e.text) for e in batch))
     except asyncio.CancelledError:
-        model.scheduler.cancel(job)
+        model.core.cancel(job)
         raise
     finally:
         watcher.cancel()
@@ -129,7 +134,7 @@ async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]]
             yield done
     finally:
         if not job.finished:
-            model.scheduler.cancel(job)
+            model.core.cancel(job)
             job.metrics.disconnects.labels(model.name).inc()
 
 

@@ -44,7 +44,8 @@ class Settings(BaseModel):
     cache_mb: float = Field(64.0, ge=0, description="Prompt-state cache size per model, in MiB.")
     max_score_chars: int = Field(20_000, ge=2, description="Longest text /v1/score accepts, in characters.")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body accepted (413 above).")
-    threads: int = Field(1, ge=1, description="Torch threads for the engine loops.")
+    threads: int | None = Field(None, ge=1, description="Torch threads of each model's engine process (default: "
+                                "every core, divided among --workers).")
     stream_interval: float = Field(0.02, ge=0, description="Least seconds between two chunks of one stream; what "
                                    "the model writes meanwhile goes out together (0: a chunk per step).")
     api_key: str | None = Field(None, exclude=True, repr=False,

@@ -25,7 +25,9 @@ TARGET_NAMES = [
     "Trainer vs the bare PyTorch loop (lstm)", "Peephole vs lstm training speed",
     "Single-stream sampling vs the naive loop", "Single-stream sampling vs the bandwidth bound",
     "64 streams sampled together vs one stream", "JSON-Schema constraint at 64 streams vs unconstrained",
-    "Server aggregate at 64 clients vs 1 client", "p99 time to first character at 64 clients",
+    "Server aggregate at 64 clients vs 1 client", "Server vs its engine alone, 1 client",
+    "Server vs its engine alone, 64 clients", "p99 time to first character at 64 clients",
+    "Server errors over the sweep and the soak", "Server memory growth over a 5-minute 64-client soak",
     "Beside a hostile client: well-behaved aggregate vs quiet", "Beside a hostile client: well-behaved p99 TTFC vs quiet",
     "Beside a hostile client: errors of the well-behaved clients", "Beside a hostile client: server RSS growth",
     "Sonnets: 2 min fine-tuned from shakespeare vs 10 min from scratch",
@@ -181,6 +183,42 @@ def test_serve_figures():
     judged = {t.name: t for t in figures.targets(results_with(serve=SERVE_LOAD))}
     assert judged["Server aggregate at 64 clients vs 1 client"].status == "met"
     assert judged["p99 time to first character at 64 clients"].status == "not met"
+    assert judged["Server vs its engine alone, 1 client"].note.startswith("not measured")  # an older file: no engine
+    assert judged["Server errors over the sweep and the soak"].status == "not measured"
+
+
+# The serving-throughput issue's layout: each level against the engine alone, and a soak.
+SERVE_VS_ENGINE = {"model": "shakespeare", "chars_per_client": 400, "rounds": 3, "levels": [
+    {"clients": 1, "chars": 1200, "chars_per_s": 2800.0, "engine_chars_per_s": 3000.0, "server_over_engine": 0.933,
+     "ttfc_p50_ms": 3.1, "ttfc_p99_ms": 3.5, "headers_p50_ms": 1.2, "headers_p99_ms": 1.4,
+     "server_cpu_s_per_kchar": 0.6, "api_cpu_s_per_kchar": 0.05, "engine_cpu_s_per_kchar": 0.55,
+     "client_cpu_s_per_kchar": 0.01, "errors": 0, "error_examples": []},
+    {"clients": 64, "chars": 76800, "chars_per_s": 30000.0, "engine_chars_per_s": 42000.0, "server_over_engine": 0.714,
+     "ttfc_p50_ms": 30.0, "ttfc_p99_ms": 48.0, "headers_p50_ms": 10.0, "headers_p99_ms": 20.0,
+     "server_cpu_s_per_kchar": 0.06, "api_cpu_s_per_kchar": 0.01, "engine_cpu_s_per_kchar": 0.05,
+     "client_cpu_s_per_kchar": 0.002, "errors": 0, "error_examples": []}],
+    "soak": {"clients": 64, "duration_s": 300, "chars": 9_000_000, "requests": 22500, "errors": 0,
+             "rss_mb_start": 700.0, "rss_mb_end": 735.0, "rss_growth": 0.05}}
+
+
+def test_serve_against_the_engine_and_the_soak_are_judged_and_reported(tmp_path):
+    judged = {t.name: t for t in figures.targets(results_with(serve=SERVE_VS_ENGINE))}
+    assert (judged["Server vs its engine alone, 1 client"].measured,
+            judged["Server vs its engine alone, 1 client"].status) == ("0.93x", "met")
+    assert (judged["Server vs its engine alone, 64 clients"].measured,
+            judged["Server vs its engine alone, 64 clients"].status) == ("0.71x", "not met")
+    assert judged["p99 time to first character at 64 clients"].status == "met"
+    assert judged["Server errors over the sweep and the soak"].measured == "0"
+    memory = judged["Server memory growth over a 5-minute 64-client soak"]
+    assert (memory.measured, memory.status, memory.note) == ("+5.0%", "met", "")
+    short = {**SERVE_VS_ENGINE, "soak": {**SERVE_VS_ENGINE["soak"], "duration_s": 3, "clients": 4}}
+    note = {t.name: t for t in figures.targets(results_with(serve=short))}[memory.name].note
+    assert note == "a 3 s soak of 4 clients, not the target's"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(results_with(serve=SERVE_VS_ENGINE)), encoding="utf-8")
+    text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
+    assert "| 64 | 42,000 | 30,000 | 0.71x | 10.7x | 30.0 / 48.0 | 10.0 / 20.0 | 0.060 (0.010 + 0.050) | 0.002 | 0 |" in text
+    assert "22,500 completions, 9,000,000 characters, 0 errors" in text and "(+5.0%)" in text
 
 
 HOSTILE = {"model": "shakespeare", "clients": 32, "chars_per_request": 200, "duration_s": 60, "rounds": 4,
@@ -275,7 +313,7 @@ def test_report_tables_and_plots(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps(results), encoding="utf-8")
     text = write_report(path, tmp_path / "B.md", tmp_path / "plots").read_text(encoding="utf-8")
-    assert "| 64 | 2,786 | 27.9x | 128 ms | — |" in text
+    assert "| 64 | — | 2,786 | — | 27.9x | — / 128.0 | — | — | — | — |" in text  # an older file: no engine
     assert "| lstm | 1,000 | 900 | 0.90x | 20.6 |" in text
     assert "Busy machine" not in text
     for name in ("quality-cpu", "serve", "train"):

@@ -270,6 +270,24 @@ def test_one_failing_sequence_leaves_the_others_untouched(engine, boom):
     assert [seqs[0].text, seqs[2].text] == solo_texts
 
 
+def test_a_failure_to_cache_a_finished_generation_costs_nothing(engine, monkeypatch):
+    """Caching the state after a generation only saves work: when it fails, that
+    generation and the others in its step end as they would have."""
+    solo_texts = [engine.generate(p, max_chars=10, seed=7).text for p in ("fine", "to be")]
+    real = PromptCache.put
+
+    def failing(self, ids, *args):
+        if len(ids) == 13:  # "fine" and its first nine characters
+            raise MemoryError("injected")
+        return real(self, ids, *args)
+
+    monkeypatch.setattr(PromptCache, "put", failing)
+    batch = engine.new_batch()
+    seqs = [batch.add(GenerationRequest.of(p, max_chars=10, seed=7))[0] for p in ("fine", "to be")]
+    run(batch)
+    assert [s.finish_reason for s in seqs] == ["length", "length"] and [s.text for s in seqs] == solo_texts
+
+
 def test_generate_and_stream_raise_the_sequence_error(engine, boom):
     with pytest.raises(RuntimeError, match="injected"):
         engine.generate("boom", max_chars=10, seed=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 
@@ -39,7 +41,8 @@ async def test_docs_openapi_and_root(make_app):
 async def test_two_apps_in_one_process_share_nothing(make_app):
     async with make_app() as a, make_app() as b:
         await a.client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
-        assert a.state.models[MODEL].engine is not b.state.models[MODEL].engine
+        pids = {a.state.models[MODEL].core.pid, b.state.models[MODEL].core.pid}
+        assert len(pids) == 2 and os.getpid() not in pids  # an engine process each
         text = (await b.client.get("/metrics")).text
         assert 'charnet_generated_chars_total{model="tiny"}' not in text
 
@@ -54,7 +57,7 @@ async def test_openapi_declares_exactly_what_the_server_accepts(make_app):
     """The server's own limits are in its schema, and authentication only when it has a key."""
     async with make_app(max_chars_cap=300, max_n=3, max_prompt_chars=500, max_score_chars=40) as api:
         spec = (await api.client.get("/openapi.json")).json()
-        vocab = api.state.models[MODEL].engine.vocab.size
+        vocab = api.state.models[MODEL].vocab.size
     schemas = spec["components"]["schemas"]
     completion, generate = schemas["CompletionRequest"]["properties"], schemas["GenerateRequest"]["properties"]
 

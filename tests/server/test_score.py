@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 
 import pytest
 
@@ -34,7 +33,7 @@ async def test_bits_per_char_equals_charnet_eval(make_app, checkpoint, tmp_path,
     assert body["unknown"] == expected["unknown"] > 0
     chars = body["chars"]
     assert "".join(c["text"] for c in chars) == text  # unknown characters shown as themselves
-    missing = set(api.state.models[MODEL].engine.vocab.unknown_chars(text))
+    missing = set(api.state.models[MODEL].vocab.unknown_chars(text))
     assert {"Ü", "€"} <= missing
     assert [c["unknown"] for c in chars] == [c in missing for c in text]
     assert chars[0]["logprob"] is None and chars[0]["top"] == []
@@ -78,25 +77,16 @@ async def test_errors_are_openai_shaped(make_app):
         assert "50" in r.json()["error"]["message"] and r.json()["error"]["code"] == "text_too_long"
 
 
-async def test_scoring_takes_turns_with_generation_and_is_bounded(make_app, monkeypatch, solo):
-    """A text is scored a window at a time between the batch's steps: a generation sent
-    while a long score runs finishes first, with its solo text; the score is the one a
-    lone request gets; a model scores at most --max-concurrency texts at once."""
-    from charnet.inference.scoring import Scorer
-    from charnet.server import scheduler
-
-    monkeypatch.setattr(scheduler, "SCORE_WINDOW", 4)
-    real = Scorer.advance
-
-    def slow(self, window):  # each window takes 20 ms, as a long one would
-        time.sleep(0.02)
-        real(self, window)
-
-    monkeypatch.setattr(Scorer, "advance", slow)
-    async with make_app(max_concurrency=1) as api:
+async def test_scoring_shares_the_engine_with_generation_and_is_bounded(make_app, solo):
+    """A long text is scored between the batch's steps (at most its share of the engine's
+    time: tests/server/core/test_loop.py): a generation sent meanwhile finishes first,
+    with its solo text; a model scores at most --max-concurrency texts at once; a score
+    is the one a lone request gets."""
+    long_text = TEXT * 700  # 60,000 characters
+    async with make_app(max_concurrency=1, max_score_chars=100_000) as api:
         alone = (await api.client.post("/v1/score", json={"model": MODEL, "text": TEXT})).json()
-        first = asyncio.create_task(api.client.post("/v1/score", json={"model": MODEL, "text": TEXT * 3}))
-        await until(lambda: api.state.models[MODEL].scheduler._scores)
+        first = asyncio.create_task(api.client.post("/v1/score", json={"model": MODEL, "text": long_text, "top": 0}))
+        await until(lambda: metric_now(api, "charnet_requests_running") == 1)
         generated = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 30,
                                                                    "seed": 3})
         assert generated.status_code == 200 and not first.done()
@@ -107,8 +97,12 @@ async def test_scoring_takes_turns_with_generation_and_is_bounded(make_app, monk
         after = (await api.client.post("/v1/score", json={"model": MODEL, "text": TEXT})).json()
         assert after == alone
         text = (await api.client.get("/metrics")).text
-    assert metric(text, "charnet_scored_chars_total", model=MODEL) == 2 * (len(TEXT) - 1) + len(TEXT) * 3 - 1
+    assert metric(text, "charnet_scored_chars_total", model=MODEL) == 2 * (len(TEXT) - 1) + len(long_text) - 1
     assert metric(text, "charnet_http_requests_total", route="/v1/score", status="429") == 1
+
+
+def metric_now(api, name: str) -> float:
+    return api.state.metrics.registry.get_sample_value(name, {"model": MODEL}) or 0
 
 
 async def test_documented_in_openapi(make_app):

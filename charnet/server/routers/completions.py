@@ -101,12 +101,12 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
     """Continue a prompt (OpenAI's legacy completions). One token is one character."""
     model: Model = lookup_model(state, body.model)
     settings = state.settings
-    groups = body.engine_groups(respond.limits(settings, model.engine.vocab.size), settings.max_response_tokens,
-                              model.engine.vocab)
+    groups = body.engine_groups(respond.limits(settings, model.vocab.size), settings.max_response_tokens,
+                              model.vocab)
     job = respond.submit(http, model, groups)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model.name}
-    choices = _Choices(body, job, model.engine.vocab.kind)
+    choices = _Choices(body, job, model.vocab.kind)
     if not body.stream:
         events = await respond.collect(http, model, job)
         return await respond.json_response(lambda: {**head, "choices": choices.whole(events), "usage": choices.usage()})

@@ -41,8 +41,8 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
     """Continue a prompt with charnet's sampling settings."""
     model = lookup_model(state, body.model)
     settings = state.settings
-    request = body.engine_request(respond.limits(settings, model.engine.vocab.size), settings.max_response_tokens,
-                                  model.engine.vocab)
+    request = body.engine_request(respond.limits(settings, model.vocab.size), settings.max_response_tokens,
+                                  model.vocab)
     job = respond.submit(http, model, [(request, 1)])
     generated = [0]
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from charnet.server.deps import State
+from charnet.server.deps import ServerState, State
 from charnet.server.errors import APIError
 from charnet.server.routers import ERRORS
 from charnet.server.responses import Health
@@ -18,22 +18,28 @@ from charnet.server.responses import Health
 router = APIRouter(tags=["operations"])
 
 
+def _engines(state: ServerState) -> dict[str, int | None]:
+    return {name: model.core.pid for name, model in state.models.items()}
+
+
 @router.get("/health", response_model=Health)
 async def health(state: State) -> Health:
     """Liveness: 200 while the process serves HTTP at all, with the models it serves
     (none while loading)."""
-    return Health(status="ok", models=list(state.models), pid=os.getpid())
+    return Health(status="ok", models=list(state.models), pid=os.getpid(), engines=_engines(state))
 
 
 @router.get("/ready", response_model=Health, responses={503: ERRORS[503]})
 async def ready(state: State) -> Response:
-    """Readiness: 200 once every model is loaded and its engine loop runs; 503 before
-    that, while shutting down, or if an engine loop has died. Route traffic on this."""
-    alive = state.ready and all(m.scheduler.alive for m in state.models.values())
+    """Readiness: 200 once every model is loaded and its engine process runs; 503 before
+    that, while shutting down, or while an engine process that stopped is started again.
+    Route traffic on this."""
+    alive = state.ready and all(m.core.ready for m in state.models.values())
     if not alive:
-        return APIError(503, "not ready: models loading, an engine loop down, or shutting down", code="not_ready",
-                        headers={"Retry-After": "1"}).response()
-    return JSONResponse(Health(status="ready", models=list(state.models), pid=os.getpid()).model_dump())
+        return APIError(503, "not ready: models loading, an engine process restarting, or shutting down",
+                        code="not_ready", headers={"Retry-After": "1"}).response()
+    return JSONResponse(Health(status="ready", models=list(state.models), pid=os.getpid(),
+                               engines=_engines(state)).model_dump())
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}},

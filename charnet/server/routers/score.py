@@ -5,7 +5,7 @@ initial state), plus every character's log-probability and the characters the mo
 expected instead: what the playground's score view colours.
 
 The text is scored by the model's engine loop a window at a time, between the steps of
-its batch and with a bounded share of its time (`charnet.server.scheduler`), so a long
+its batch and with a bounded share of its time (`charnet.server.core.loop`), so a long
 text slows generation down by at most that share; the answer is serialised in a worker
 thread. A model scores at most --max-concurrency texts at once (429 beyond).
 """
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/v1", tags=["score"])
 
 
 def _chars(model: Model, text: str, ids, score: Score) -> list[dict[str, Any]]:
-    vocab = model.engine.vocab
+    vocab = model.vocab
     # A character vocabulary has one token per character: show the text's own
     # characters (an unknown one stays itself, not U+FFFD). A byte token may be part
     # of a character, so it is shown as the API shows bytes elsewhere.
@@ -52,8 +52,8 @@ async def score(body: ScoreRequest, http: Request, state: ReadyState) -> Any:
     """Score a text: bits per character (as `charnet eval`), and each character's
     log-probability with the most likely alternatives at its position."""
     model = lookup_model(state, body.model)
-    body.check(respond.limits(state.settings, model.engine.vocab.size), state.settings.max_response_tokens)
-    vocab = model.engine.vocab
+    body.check(respond.limits(state.settings, model.vocab.size), state.settings.max_response_tokens)
+    vocab = model.vocab
     ids = vocab.encode(body.text)
     job = respond.submit_score(http, model, ids, body.top, vocab.count_unknown(ids))
     events = await respond.collect(http, model, job)

@@ -1,5 +1,7 @@
-"""The engine loop: admission (429), the queue, timeouts, cancellation, failure isolation
-and the prompt-state cache, driven through the app in-process."""
+"""Continuous batching through the app and a real engine process: admission (429), the
+queue, timeouts, cancellation, shutdown, priming beside generation, fair shares and the
+prompt-state cache, each seen from outside (responses and /metrics). Failure isolation
+inside the engine loop: tests/server/core/test_loop.py."""
 
 from __future__ import annotations
 
@@ -7,8 +9,6 @@ import asyncio
 
 import pytest
 
-from charnet.inference.prompt_cache import PromptCache
-from tests.conftest import BAD_TOP_P
 from tests.serving import MODEL, events, metric, until
 from tests.server.test_completions import PROMPT
 
@@ -17,11 +17,24 @@ pytestmark = pytest.mark.anyio
 LONG = {"model": MODEL, "prompt": "x", "max_tokens": 100_000, "temperature": 1.0, "seed": 1}
 
 
+def sample(api, name: str) -> float:
+    """A metric of MODEL as the engine process last reported it."""
+    return api.state.metrics.registry.get_sample_value(name, {"model": MODEL}) or 0
+
+
 def gauges(api) -> tuple[float, float]:
-    """(requests running, requests waiting) as the engine loop last published them."""
-    registry = api.state.metrics.registry
-    return tuple(registry.get_sample_value(name, {"model": MODEL}) or 0
-                 for name in ("charnet_requests_running", "charnet_requests_waiting"))
+    """(requests running, requests waiting)."""
+    return sample(api, "charnet_requests_running"), sample(api, "charnet_requests_waiting")
+
+
+def rows(api) -> float:
+    """Sequences in the model's batch."""
+    return sample(api, "charnet_batch_sequences")
+
+
+def primed(api) -> float:
+    """Prompt characters the engine has run through the model."""
+    return sample(api, "charnet_prompt_primed_chars_total")
 
 
 async def test_full_means_429_with_retry_after_and_a_cancelled_request_frees_its_slot(make_app):
@@ -43,8 +56,7 @@ async def test_full_means_429_with_retry_after_and_a_cancelled_request_frees_its
         await until(lambda: gauges(api) == (1, 0))
         # The running one gives up: its row leaves the batch.
         running.cancel()
-        await until(lambda: gauges(api) == (0, 0))
-        await until(lambda: len(api.state.models[MODEL].scheduler._batch) == 0)
+        await until(lambda: gauges(api) == (0, 0) and rows(api) == 0)
         ok = await post("/v1/completions", json={**LONG, "max_tokens": 3})
         assert ok.status_code == 200
 
@@ -60,46 +72,6 @@ async def test_request_timeout(make_app):
         assert gauges(api) == (0, 0)
         text = (await api.client.get("/metrics")).text
         assert metric(text, "charnet_request_timeouts_total", model=MODEL) == 2
-
-
-async def test_a_failing_generation_fails_only_its_request(make_app, boom, solo):
-    async with make_app() as api:
-        post = api.client.post
-        good = {"model": MODEL, "prompt": PROMPT, "max_tokens": 200, "seed": 4}
-        results = await asyncio.gather(post("/v1/completions", json=good),
-                                       post("/v1/completions", json={**good, "prompt": "boom"}),
-                                       post("/v1/completions", json={**good, "prompt": "boom", "stream": True}),
-                                       post("/v1/completions", json={**good, "stream": True}))
-        ok, failed, failed_stream, ok_stream = results
-        assert ok.status_code == 200
-        assert ok.json()["choices"][0]["text"] == solo(PROMPT, max_chars=200, seed=4).text
-        assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
-        frames = events(failed_stream.text)
-        assert frames[-1] == "[DONE]" and "error" in frames[-2]
-        assert "".join(f["choices"][0]["text"] for f in events(ok_stream.text)[:-1]) == ok.json()["choices"][0]["text"]
-        assert (await api.client.get("/ready")).status_code == 200
-        assert (await post("/v1/completions", json={**good, "max_tokens": 5})).status_code == 200
-        assert metric((await api.client.get("/metrics")).text, "charnet_generation_failures_total", model=MODEL) == 2
-
-
-@pytest.mark.parametrize("where", ["lookup", "put"])
-async def test_a_failing_prime_fails_only_its_request(make_app, monkeypatch, where):
-    # Starting (the cache lookup) or priming (caching a mark) fails for the 13-character
-    # prompt only: that request fails, the one beside it does not.
-    real = getattr(PromptCache, where)
-
-    def failing(self, ids, *args):
-        if len(ids) == 13:
-            raise MemoryError("injected")
-        return real(self, ids, *args)
-
-    monkeypatch.setattr(PromptCache, where, failing)
-    async with make_app() as api:
-        bad, good = await asyncio.gather(
-            api.client.post("/v1/completions", json={"model": MODEL, "prompt": "13 characters"}),
-            api.client.post("/v1/completions", json={"model": MODEL, "prompt": "fine"}))
-        assert bad.status_code == 500 and good.status_code == 200
-        await until(lambda: gauges(api) == (0, 0))
 
 
 async def test_prompt_cache_hits_give_the_cold_output(make_app, solo):
@@ -143,31 +115,24 @@ async def test_shutdown_ends_queued_and_running_requests(make_app):
         await until(lambda: gauges(api) == (1, 0))  # admitted first: two tasks started together may arrive either way
         waiting = asyncio.create_task(api.client.post("/v1/completions", json={**LONG, "stream": True}))
         await until(lambda: gauges(api) == (1, 1))
-        await asyncio.to_thread(api.state.models[MODEL].scheduler.close)
+        await api.state.models[MODEL].core.close()
         r, s = await running, await waiting
         assert r.status_code == 503
         assert events(s.text)[0]["error"]["code"] is None
-
-
-def batch_of(api):
-    return api.state.models[MODEL].scheduler._batch
-
-
-def priming(api) -> list:
-    return [s for s in list(batch_of(api).seqs) if s.priming]
 
 
 async def test_a_long_prompt_primes_between_other_requests_steps(make_app, solo):
     """A long prompt takes one row a step: a short request sent while it primes finishes
     first, with its solo text, and /ready stays 200."""
     async with make_app(max_prompt_chars=32_768) as api:
+        prompt = PROMPT * (30_000 // len(PROMPT))
         long = asyncio.create_task(api.client.post("/v1/completions", json={
-            "model": MODEL, "prompt": PROMPT * (30_000 // len(PROMPT)), "max_tokens": 5, "stream": True}))
-        await until(lambda: priming(api))
+            "model": MODEL, "prompt": prompt, "max_tokens": 5, "stream": True}))
+        await until(lambda: primed(api) > 0)
         short = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 20,
                                                                "seed": 2})
         assert short.json()["choices"][0]["text"] == solo("x", max_chars=20, seed=2).text
-        assert priming(api) and not long.done()
+        assert primed(api) < len(prompt) and not long.done()
         assert (await api.client.get("/ready")).status_code == 200
         long.cancel()
 
@@ -175,21 +140,19 @@ async def test_a_long_prompt_primes_between_other_requests_steps(make_app, solo)
 async def test_a_request_stops_priming_once_its_client_is_gone_or_its_time_is_up(make_app):
     prompt = PROMPT * (30_000 // len(PROMPT))
     async with make_app(request_timeout=1.0) as api:
-        cache = api.state.models[MODEL].engine.cache
         r = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 5})
-        assert r.status_code == 408 and cache.primed_tokens < len(prompt)  # it stopped priming
+        assert r.status_code == 408 and 0 < primed(api) < len(prompt)  # it stopped priming
         innocent = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 5})
         assert innocent.status_code == 200
     async with make_app() as api:
-        cache = api.state.models[MODEL].engine.cache
         gone = asyncio.create_task(api.client.post("/v1/completions", json={
             "model": MODEL, "prompt": prompt, "max_tokens": 5, "stream": True}))
-        await until(lambda: priming(api))
+        await until(lambda: primed(api) > 0)
         gone.cancel()
-        await until(lambda: batch_of(api).rows == 0)
-        stopped_at = cache.primed_tokens
+        await until(lambda: rows(api) == 0)
+        stopped_at = primed(api)
         await asyncio.sleep(0.2)
-        assert cache.primed_tokens == stopped_at < len(prompt)
+        assert primed(api) == stopped_at < len(prompt)
 
 
 async def test_one_request_cannot_take_every_slot(make_app, solo):
@@ -201,7 +164,7 @@ async def test_one_request_cannot_take_every_slot(make_app, solo):
         floods = [asyncio.create_task(api.client.post("/v1/completions", json={**flood, "seed": 10 * i}))
                   for i in range(5)]
         await until(lambda: gauges(api)[0] >= 5)
-        assert batch_of(api).rows <= 8
+        assert rows(api) <= 8
         late = await api.client.post("/v1/completions", json={"model": MODEL, "prompt": "y", "max_tokens": 30,
                                                               "seed": 1})
         assert late.status_code == 200 and late.json()["choices"][0]["text"] == solo("y", max_chars=30, seed=1).text
@@ -214,16 +177,3 @@ async def test_one_request_cannot_take_every_slot(make_app, solo):
     for body, r in zip(bodies, results):
         texts = [c["text"] for c in r.json()["choices"]]
         assert texts == [solo(body["prompt"], max_chars=60, seed=7 + i).text for i in range(4)]
-
-
-async def test_a_failing_draw_fails_only_its_row(make_app, failing_draw, solo):
-    """A failure inside the batched sampling step fails that request with a 500; the
-    streams it shared the step with carry on to their solo text."""
-    async with make_app() as api:
-        good = {"model": MODEL, "prompt": PROMPT, "max_tokens": 200, "seed": 4, "stream": True}
-        ok, bad = await asyncio.gather(api.client.post("/v1/completions", json=good),
-                                       api.client.post("/v1/completions", json={**good, "top_p": BAD_TOP_P,
-                                                                                "stream": False}))
-        assert bad.status_code == 500
-        text = "".join(f["choices"][0]["text"] for f in events(ok.text)[:-1])
-        assert text == solo(PROMPT, max_chars=200, seed=4).text

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from charnet.inference.fused import rnn
+from charnet.inference.fused_cells import rnn
 
 
 def rnn_layer(values: np.ndarray, x_dtype) -> tuple[np.ndarray, np.ndarray]:

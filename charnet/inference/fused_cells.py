@@ -29,7 +29,6 @@ in milliseconds instead of compiling it again.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 from llvmlite import ir
@@ -37,16 +36,9 @@ from numba import njit, types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
-DISABLE_ENV = "CHARNET_FUSED_STEP"
-"""Set to 0 to run today's ATen kernel everywhere (the fallback), e.g. to compare."""
-
-_JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
-"""error_model numpy: no divide-by-zero check, which would keep LLVM from vectorising."""
-
-
-def enabled() -> bool:
-    """Whether the environment allows the fused step (``CHARNET_FUSED_STEP=0`` turns it off)."""
-    return os.environ.get(DISABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+"""How every compiled part of the step is compiled. error_model numpy: no divide-by-zero
+check, which would keep LLVM from vectorising."""
 
 
 # -- bits ---------------------------------------------------------------------------------
@@ -109,7 +101,7 @@ _LN2_LO = _F(-2.12194440e-4)
 _TANH_SATURATES = _F(9.0)  # tanh(9) = 1 - 3e-8, which rounds to 1 in float32
 
 
-@njit(inline="always", **_JIT)
+@njit(inline="always", **JIT)
 def _expm1_nonpositive(y):
     """exp(y) - 1 for float32 y in [-18, 0]: y = n ln 2 + r with |r| <= ln 2 / 2, so
     exp(y) - 1 = 2^n (expm1(r) + 1) - 1, exact in its last step when n = 0 (small y)."""
@@ -121,13 +113,13 @@ def _expm1_nonpositive(y):
     return scale * p + (scale - _F(1))
 
 
-@njit(inline="always", **_JIT)
+@njit(inline="always", **JIT)
 def _tanh(x):
     e = _expm1_nonpositive(_F(-2) * min(abs(x), _TANH_SATURATES))
     return math.copysign(-e / (_F(2) + e), x)
 
 
-@njit(inline="always", **_JIT)
+@njit(inline="always", **JIT)
 def _half_sigmoid(x):
     """sigmoid(2x), the kernel's sigmoid of a halved pre-activation."""
     return _F(0.5) * _tanh(x) + _F(0.5)
@@ -139,7 +131,7 @@ def _half_sigmoid(x):
 # layer, h (and c) the state (L, R, H), updated in place for layer k, and x (R, H) where
 # the new h is written in the next product's dtype.
 
-@njit(**_JIT)
+@njit(**JIT)
 def rnn(gx, idx, bx, gh, bh, k, h, x):
     hidden = h.shape[2]
     for r in range(gh.shape[0]):
@@ -150,7 +142,7 @@ def rnn(gx, idx, bx, gh, bh, k, h, x):
             x[r, j] = narrow(value, x)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def gru(gx, idx, bx, gh, bh, k, h, x):
     """r and z halved; n = tanh(x_n + b_in + r * (h_n + b_hn)), h = (h - n) * z + n."""
     hidden = h.shape[2]
@@ -167,7 +159,7 @@ def gru(gx, idx, bx, gh, bh, k, h, x):
             x[r, j] = narrow(value, x)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def lstm(gx, idx, bx, gh, bh, k, h, c, x):
     """Gates in the kernel's order (i, f, o, g), the first three halved."""
     hidden = h.shape[2]
@@ -188,7 +180,7 @@ def lstm(gx, idx, bx, gh, bh, k, h, c, x):
             x[r, j] = narrow(value, x)
 
 
-@njit(**_JIT)
+@njit(**JIT)
 def peephole(gx, idx, bx, gh, bh, k, h, c, peep, x):
     """The LSTM whose i and f look at the previous cell state and o at the new one
     (peep (3, H) = halved p_i, p_f, p_o of layer k)."""

@@ -1,0 +1,15 @@
+"""Each served model's engine core, in a process of its own.
+
+The API process (the event loop, request validation, SSE/NDJSON framing, metrics) and
+a model's engine loop (batching, priming, the prompt cache, sampling) would otherwise
+share one interpreter lock, and every frame written to a client would delay a step of
+the batch. As in vLLM's V1 engine, they are two processes:
+
+- `protocol`: the messages, msgspec over ZeroMQ;
+- `loop`: `EngineCore`, the engine loop itself (continuous batching, fairness, timeouts,
+  scoring), one `Step` message a round;
+- `process`: the engine process's main: load, warm up, serve commands, exit with the
+  API process;
+- `client`: `EngineClient`, the API process's side: start and restart, admission,
+  commands, and each step's events handed to the waiting requests.
+"""

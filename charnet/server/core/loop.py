@@ -1,0 +1,288 @@
+"""One model's engine loop: continuous batching, driven by commands, one `Step` a round.
+
+An `EngineCore` owns one model's `Batch`. It takes commands (`receive`), and every
+round (`iterate`)
+
+1. ends cancelled requests and those past their deadline (`--request-timeout` counts from
+   arrival: queueing, priming and generation alike);
+2. shares the batch's rows among the requests fairly (`charnet.server.fairness`), each
+   request at most `--max-n` at once: a request over its share has sequences suspended
+   (their state kept, to resume exactly), one under it has sequences admitted;
+3. advances every row by one token: sampling rows write a character, priming rows feed
+   the next character of their prompt, so a long prompt primes a token a step beside
+   everyone else's generation;
+4. gives at most `SCORE_SHARE` of its time to scoring texts for /v1/score, a window of
+   `SCORE_WINDOW` characters at a time (all of it when nothing generates);
+
+and returns what the round produced as one `Step` message: every row's output at once.
+
+Failures stay small: an error while starting or sampling one sequence fails only its
+request (the batch drops that row and carries on); an error in the batched kernel step
+itself fails the requests then in the batch, and the loop starts a fresh batch; a bug in
+the loop itself fails what is running, and the loop carries on.
+
+Admission (429) is the API process's (`charnet.server.core.client`): it knows what it
+sent, and answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from charnet.errors import ConfigError
+from charnet.inference.engine import Engine
+from charnet.inference.generation import FINISH_ERROR, Sequence
+from charnet.inference.scoring import Scorer
+from charnet.server.core.protocol import Cancel, Choice, Command, Generate, Out, ScoreText, Shutdown, Stats, Step
+from charnet.server.fairness import water_fill
+
+log = logging.getLogger("charnet.server")
+
+SCORE_WINDOW = 64
+"""Characters /v1/score scores between two looks at the batch."""
+
+SCORE_SHARE = 0.1
+"""Most of the loop's time scoring takes while anything generates."""
+
+
+def failure(error: BaseException) -> tuple[int, str]:
+    """What a request that failed in the engine answers: 400 when its own settings cannot
+    be honoured (a value the model cannot take, a constraint its vocabulary cannot finish),
+    else 500 without the details."""
+    if isinstance(error, ConfigError):
+        return 400, str(error)
+    return 500, f"generation failed: {type(error).__name__}"
+
+
+@dataclass(eq=False)
+class _Generation:
+    id: int
+    groups: list
+    deadline: float
+    seqs: list[Sequence] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Scoring:
+    id: int
+    scorer: Scorer
+    deadline: float
+
+
+class EngineCore:
+    """One model's batch and the requests in it; single-threaded."""
+
+    def __init__(self, engine: Engine, *, max_concurrency: int, max_n: int, timeout: float) -> None:
+        """`timeout`: the server's --request-timeout, for the message of a request past it
+        (each request brings its own deadline)."""
+        self.engine, self.max_concurrency, self.max_n, self.timeout = engine, max_concurrency, max_n, timeout
+        self.stopping = False
+        self._arrivals: deque[_Generation | _Scoring] = deque()
+        self._cancels: set[int] = set()
+        self._jobs: list[_Generation] = []  # generating, in order of arrival
+        self._scores: deque[_Scoring] = deque()
+        self._owner: dict[int, tuple[_Generation, int]] = {}  # sequence id -> (request, choice index)
+        self._score_debt = 0.0  # seconds the batch is owed before the next score window
+        self._batch = engine.new_batch(auto_admit=False)
+        self._stats = Stats()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a round would do anything."""
+        return bool(self._cancels or self._arrivals or self._jobs or self._scores)
+
+    def receive(self, command: Command) -> None:
+        now = time.monotonic()
+        if isinstance(command, Generate):
+            self._arrivals.append(_Generation(command.job, command.groups, now + command.timeout))
+        elif isinstance(command, ScoreText):
+            scorer = Scorer(self.engine.model, command.ids, self.engine.device, unknown=command.unknown,
+                            top=command.top)
+            self._arrivals.append(_Scoring(command.job, scorer, now + command.timeout))
+        elif isinstance(command, Cancel):
+            self._cancels.add(command.job)
+        elif isinstance(command, Shutdown):
+            self.stopping = True
+
+    # -- a round ----------------------------------------------------------------------------
+
+    def iterate(self) -> Step | None:
+        """One round: cancellations, arrivals, timeouts, rows, one step, a score window.
+        The Step to send, or None when nothing changed."""
+        started: list[tuple[int, list[Choice]]] = []
+        out: list[tuple[int, Out]] = []
+        try:
+            self._cancel_all()
+            while self._arrivals:
+                self._start(self._arrivals.popleft(), started, out)
+            self._timeouts(out)
+            self._allocate(out)
+            stepped = self._step(out) if self._batch.rows else 0.0
+            self._score_turn(stepped, out)
+        except Exception:  # a bug in the loop itself: fail what is running, keep serving
+            log.exception("engine loop of %s failed; failing its running requests", self.engine.name)
+            out += self.fail_all((500, "internal error in the generation loop"))
+        stats = self._measure()
+        if not (started or out) and stats == self._stats:
+            return None
+        self._stats = stats
+        return Step(started=started, events=out, stats=stats)
+
+    def fail_all(self, error: tuple[int, str]) -> list[tuple[int, Out]]:
+        """End every request, queued or running, with `error`; start a fresh batch."""
+        out: list[tuple[int, Out]] = [(job.id, Out(error=error, end=True)) for job in self._arrivals]
+        self._arrivals.clear()
+        try:
+            for job in [*self._jobs, *self._scores]:
+                self._end(job, error, out)
+        except Exception:
+            log.exception("failing the requests of %s", self.engine.name)
+            out += [(job.id, Out(error=error, end=True)) for job in [*self._jobs, *self._scores]]
+            self._jobs.clear()
+            self._scores.clear()
+            self._owner.clear()
+        self._batch = self.engine.new_batch(auto_admit=False)
+        return out
+
+    def _measure(self) -> Stats:
+        running = sum(1 for job in self._jobs if any(s.row >= 0 for s in job.seqs))
+        cache = self.engine.cache
+        return Stats(running=running + len(self._scores), waiting=len(self._jobs) - running + len(self._arrivals),
+                     rows=self._batch.rows, cache_hits=cache.hits, cache_misses=cache.misses, cache_bytes=cache.bytes,
+                     cache_entries=len(cache), primed=cache.primed_tokens)
+
+    def _cancel_all(self) -> None:
+        if not self._cancels:
+            return
+        gone, self._cancels = self._cancels, set()
+        self._arrivals = deque(job for job in self._arrivals if job.id not in gone)
+        for job in [j for j in [*self._jobs, *self._scores] if j.id in gone]:
+            self._end(job, None, [])  # its client is gone: nobody reads what it would say
+
+    def _start(self, job: _Generation | _Scoring, started: list, out: list) -> None:
+        if isinstance(job, _Scoring):
+            self._scores.append(job)
+            return
+        seqs: list[Sequence] = []
+        try:
+            for request, n in job.groups:
+                seqs += self._batch.add(request, n)
+        except Exception as e:  # starting this request failed: only it fails (nothing of it has a row yet)
+            for seq in seqs:
+                self._batch.cancel(seq)
+            error = failure(e)
+            if error[0] == 500:
+                log.exception("starting a request on %s failed", self.engine.name)
+            out.append((job.id, Out(error=error, end=True)))
+            return
+        started.append((job.id, [Choice(seed=s.seed, prompt_tokens=s.prompt_tokens) for s in seqs]))
+        job.seqs = seqs
+        self._jobs.append(job)
+        for index, seq in enumerate(seqs):
+            if seq.finished:  # max_chars == 0: done before its first step
+                out.append((job.id, Out(index=index, finish_reason=seq.finish_reason)))
+            else:
+                self._owner[seq.id] = (job, index)
+        if all(s.finished for s in seqs):
+            self._end(job, None, out, done=True)
+
+    def _timeouts(self, out: list) -> None:
+        now = time.monotonic()
+        message = f"request exceeded the server's --request-timeout of {self.timeout:g} s"
+        for job in [j for j in [*self._jobs, *self._scores] if now > j.deadline]:
+            self._end(job, (408, message), out)
+
+    def _allocate(self, out: list) -> None:
+        """Suspend and admit sequences so that each request holds its fair share of the
+        rows."""
+        batch = self._batch
+        jobs = list(self._jobs)
+        held = [[s for s in job.seqs if s.row >= 0] for job in jobs]
+        ready = [[s for s in job.seqs if s.ready] for job in jobs]
+        demands = [min(self.max_n, len(h) + len(r)) for h, r in zip(held, ready)]
+        alloc = water_fill(demands, self.max_concurrency)
+        for rows, share in zip(held, alloc):
+            for seq in rows[share:]:  # over its share: the latest choices wait
+                batch.suspend(seq)
+        for job, rows, waiting, share in zip(jobs, held, ready, alloc):
+            try:
+                for seq in waiting[:max(0, share - len(rows))]:
+                    batch.admit(seq)
+            except Exception as e:  # e.g. the prompt cache failing: this request only
+                log.exception("starting a sequence on %s failed", self.engine.name)
+                self._end(job, (500, f"generation failed: {type(e).__name__}"), out)
+
+    def _step(self, out: list) -> float:
+        """One batched step; returns the seconds it took."""
+        started = time.perf_counter()
+        try:
+            pieces = self._batch.step()
+        except Exception:
+            log.exception("batched step of %s failed; failing the requests in it", self.engine.name)
+            for job in list(self._jobs):
+                self._end(job, (500, "internal error in the batched step"), out)
+            self._batch = self.engine.new_batch(auto_admit=False)
+            return time.perf_counter() - started
+        finished: dict[_Generation, None] = {}  # in order; ended once every piece of the step is out
+        for piece in pieces:
+            owner = self._owner.get(piece.seq.id)
+            if owner is None:
+                continue
+            job, index = owner
+            if piece.finish_reason == FINISH_ERROR:
+                self._end(job, failure(piece.seq.error), out)
+                continue
+            if piece.text or piece.finish_reason or piece.logprobs:
+                out.append((job.id, Out(index=index, text=piece.text, logprobs=tuple(piece.logprobs),
+                                        finish_reason=piece.finish_reason, generated=piece.seq.generated)))
+            if piece.finish_reason:
+                del self._owner[piece.seq.id]
+                if all(s.finished for s in job.seqs):
+                    finished[job] = None
+        for job in finished:
+            self._end(job, None, out, done=True)
+        return time.perf_counter() - started
+
+    def _score_turn(self, stepped: float, out: list) -> None:
+        """Score one window of the next text, if scoring has not had its share."""
+        if not self._scores:
+            self._score_debt = 0.0
+            return
+        if self._batch.rows and self._score_debt > 0:
+            self._score_debt -= stepped
+            return
+        job = self._scores[0]
+        started = time.perf_counter()
+        try:
+            job.scorer.advance(SCORE_WINDOW)
+        except Exception as e:
+            log.exception("scoring a text on %s failed", self.engine.name)
+            self._end(job, (500, f"scoring failed: {type(e).__name__}"), out)
+            return
+        spent = time.perf_counter() - started
+        self._score_debt = spent * (1 - SCORE_SHARE) / SCORE_SHARE if self._batch.rows else 0.0
+        if job.scorer.done:
+            out.append((job.id, Out(score=job.scorer.result())))
+            self._end(job, None, out, done=True)
+        else:
+            self._scores.rotate(-1)  # texts take turns
+
+    def _end(self, job: _Generation | _Scoring, error: tuple[int, str] | None, out: list, done: bool = False) -> None:
+        """End a request: cancelled by its client (no error, not done: nothing is said),
+        failed or timed out (`error`), or `done`; free what it held."""
+        if isinstance(job, _Scoring):
+            if job not in self._scores:
+                return
+            self._scores.remove(job)
+        else:
+            if job not in self._jobs:
+                return
+            for seq in job.seqs:
+                self._owner.pop(seq.id, None)
+                self._batch.cancel(seq)
+            self._jobs.remove(job)
+        if error is not None or done:
+            out.append((job.id, Out(error=error, end=True)))

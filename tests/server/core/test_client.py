@@ -1,0 +1,126 @@
+"""Each model's engine process, for real: a process of its own, killed mid-stream with
+SIGKILL and started again, gone with the API process however that exits, and stopped
+after a graceful shutdown lets running streams finish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from charnet.inference.engine import Engine
+from tests.serving import MODEL, OTHER, events, until, wait_until
+
+PROMPT = "ROMEO:\nBut soft"
+
+pytestmark = pytest.mark.anyio
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def sample(api, name: str, model: str = MODEL) -> float:
+    return api.state.metrics.registry.get_sample_value(name, {"model": model}) or 0
+
+
+async def test_each_model_has_an_engine_process_of_its_own(make_app):
+    async with make_app() as api:
+        engines = (await api.client.get("/health")).json()["engines"]
+        assert set(engines) == {MODEL, OTHER} and len(set(engines.values())) == 2
+        assert os.getpid() not in engines.values() and all(alive(pid) for pid in engines.values())
+        assert sample(api, "charnet_engine_up") == sample(api, "charnet_engine_up", OTHER) == 1
+    for pid in engines.values():  # stopped with the app
+        await until(lambda: not alive(pid))
+
+
+async def test_an_engine_killed_mid_stream_fails_its_requests_is_restarted_and_spares_the_other_model(
+        make_app, solo, models_dir):
+    async with make_app(max_chars_cap=100_000) as api:
+        post = api.client.post
+        await post("/v1/completions", json={"model": MODEL, "prompt": "warm", "max_tokens": 3})
+        misses = sample(api, "charnet_prompt_cache_misses_total")
+        pid = api.state.models[MODEL].core.pid
+        other = asyncio.create_task(post("/v1/completions", json={"model": OTHER, "prompt": "ROMEO:", "max_tokens": 400,
+                                                                   "seed": 5, "stream": True}))
+        streamed = asyncio.create_task(post("/v1/completions", json={"model": MODEL, "prompt": "x", "stream": True,
+                                                                      "max_tokens": 100_000}))
+        whole = asyncio.create_task(post("/v1/completions", json={"model": MODEL, "prompt": "y",
+                                                                   "max_tokens": 100_000}))
+        await until(lambda: sample(api, "charnet_requests_running") == 2)
+        os.kill(pid, signal.SIGKILL)
+        s, w = await streamed, await whole
+        frames = events(s.text)
+        assert frames[-1] == "[DONE]" and frames[-2]["error"]["type"] == "server_error"
+        assert "stopped (killed by signal 9)" in frames[-2]["error"]["message"]
+        assert w.status_code == 503 and "being restarted" in w.json()["error"]["message"]
+        # Until the new engine is up: /ready says so, and requests are told to retry.
+        down = await api.client.get("/ready")
+        assert down.status_code == 503 and down.headers["retry-after"] == "1"
+        refused = await post("/v1/completions", json={"model": MODEL, "prompt": "z"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "engine_restarting"
+        assert (await api.client.get("/health")).json()["engines"][MODEL] is None
+        await until(lambda: api.state.models[MODEL].core.ready, timeout=120)
+        assert (await api.client.get("/ready")).status_code == 200
+        assert api.state.models[MODEL].core.pid not in (None, pid) and not alive(pid)
+        after = await post("/v1/completions", json={"model": MODEL, "prompt": PROMPT, "max_tokens": 40, "seed": 2})
+        assert after.json()["choices"][0]["text"] == solo(PROMPT, max_chars=40, seed=2).text
+        untouched = "".join(f["choices"][0]["text"] for f in events((await other).text)[:-1])
+        assert sample(api, "charnet_engine_restarts_total") == 1 and sample(api, "charnet_engine_up") == 1
+        assert sample(api, "charnet_engine_restarts_total", OTHER) == 0
+        assert sample(api, "charnet_prompt_cache_misses_total") > misses  # counters go on across restarts
+        assert sample(api, "charnet_requests_running") == 0
+    assert untouched == Engine.open(models_dir / OTHER).generate("ROMEO:", max_chars=400, seed=5).text
+
+
+def stream_in_thread(url: str, body: dict, first: threading.Event, out: list) -> threading.Thread:
+    """Stream a completion in a thread: `first` set at its first chunk, the frames in `out`."""
+    def run() -> None:
+        with httpx.Client(timeout=60) as http, http.stream("POST", f"{url}/v1/completions", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    out.append(line[6:])
+                    first.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_engines_do_not_outlive_a_killed_api_process(start_server, checkpoint):
+    server = start_server([checkpoint])
+    pid = httpx.get(f"{server.url}/health").json()["engines"][MODEL]
+    assert alive(pid)
+    os.kill(server.proc.pid, signal.SIGKILL)  # no shutdown of any kind
+    wait_until(lambda: not alive(pid), timeout=30)
+
+
+def test_a_graceful_shutdown_lets_streams_finish_then_stops_the_engines(start_server, checkpoint, solo):
+    """SIGTERM to the whole process group, as a terminal's Ctrl-C or a service manager
+    sends it: the engine ignores it, the stream in flight finishes with its solo text,
+    then the server stops its engine and exits."""
+    server = start_server([checkpoint])
+    pid = httpx.get(f"{server.url}/health").json()["engines"][MODEL]
+    first, frames = threading.Event(), []
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 600, "seed": 8, "stream": True}
+    thread = stream_in_thread(server.url, body, first, frames)
+    assert first.wait(60)
+    os.killpg(server.proc.pid, signal.SIGTERM)
+    thread.join(60)
+    assert frames[-1] == "[DONE]"
+    text = "".join(json.loads(f)["choices"][0]["text"] for f in frames[:-1])
+    assert text == solo(PROMPT, max_chars=600, seed=8).text
+    # uvicorn re-raises the signal it shut down on, so the status says what stopped it.
+    assert server.proc.wait(30) in (0, -signal.SIGTERM)
+    wait_until(lambda: not alive(pid), timeout=30)
