@@ -146,14 +146,14 @@ def load(url: str, model: str, clients: int, chars: int, headers: dict[str, str]
             "until": seconds}
     proc = subprocess.Popen([sys.executable, "-m", "bench.load_client", json.dumps(spec)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while proc.poll() is None:
+    while True:
         if watch is not None:
             watch()
-        try:
-            proc.wait(1.0)
+        try:  # reading as it waits: a pipe left unread would stall the generator's output
+            out, err = proc.communicate(timeout=1.0)
+            break
         except subprocess.TimeoutExpired:
             pass
-    out, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"the load generator failed: {err[-2000:]}")
     return json.loads(out)

@@ -71,6 +71,10 @@ class Batch:
         self.recent = torch.empty(0)
         self.counts = torch.empty(0)  # (rows, V): how often each row generated each token
         self._params: BatchParams | None = None  # of the sampling rows, until rows change
+        self.revision = 0
+        """Counts changes of membership and readiness (sequences added, admitted, forked,
+        suspended or gone): whoever shares rows among requests need only look again
+        when it moves."""
 
     def __len__(self) -> int:
         """Unfinished sequences, with a row or not."""
@@ -108,6 +112,7 @@ class Batch:
         request = request.for_vocab(self.vocab)
         leader = Sequence(request, self.vocab, start=self.start)
         seqs = [leader] + [leader.sibling(i, self.vocab) for i in range(1, count)]
+        self.revision += 1
         if request.max_chars == 0:
             for seq in seqs:
                 seq.finish_reason = FINISH_LENGTH
@@ -119,6 +124,7 @@ class Batch:
         """Give a ready sequence a row: its snapshot's state, or (a leader starting) the
         state after the longest cached prefix of its prompt."""
         assert seq.ready, "only a ready sequence can take a row"
+        self.revision += 1
         self.waiting.remove(seq)
         if seq.snapshot is not None:
             (state, logits), seq.snapshot = seq.snapshot, None
@@ -154,6 +160,7 @@ class Batch:
 
     def _fork(self, seq: Sequence) -> None:
         """`seq` has primed its prompt: its followers can start from its state."""
+        self.revision += bool(seq.followers)
         for follower in seq.followers:
             if follower.snapshot is None and not follower.finished:
                 follower.snapshot = self._snapshot(seq)
@@ -181,6 +188,7 @@ class Batch:
             self._drop_rows([seq])
         elif seq in self.waiting:
             self.waiting.remove(seq)
+            self.revision += 1
         for follower in seq.followers:  # never forked: nothing will prime their prompt
             self._end(follower, reason, error)
         seq.followers = []
@@ -190,6 +198,7 @@ class Batch:
         # changes nothing it computes.
         if not leaving:
             return
+        self.revision += 1
         for seq in sorted(leaving, key=lambda s: s.row, reverse=True):
             last = len(self.seqs) - 1
             if seq.row != last:
@@ -240,13 +249,17 @@ class Batch:
         self._retire(done)  # survivors may move rows
         if not self.seqs:
             return pieces
+        feed = self.feed
         if tokens is not None and len(sampling) == n and not done:
-            self.feed[:n] = tokens
+            if len(tokens) == self._rows:
+                feed = tokens  # no padding rows: the sampled tokens are the feed
+            else:
+                self.feed[:n] = tokens
         else:
             self.feed[:len(self.seqs)] = torch.tensor(
                 [int(s.prompt_ids[s.primed]) if s.priming else s.tokens[-1] for s in self.seqs], device=self.feed.device)
         prefetch([s.matcher for s in self.seqs if s.matcher is not None and not s.priming], self.vocab.size)
-        self.logits.copy_(self.kernel.step(self.feed, self.state))
+        self.kernel.step(feed, self.state, out=self.logits)
         for seq in [s for s in self.seqs if s.priming]:
             seq.primed += 1
             self.cache.primed_tokens += 1
@@ -337,7 +350,6 @@ class Batch:
         """Tokens for `rows` from their pending logits, and their log-probability records."""
         n = len(self.seqs)
         every = len(rows) == n
-        logits = self.logits[:n] if every else self.logits[rows]
         unk = self.vocab.unk_id
         seeds = np.fromiter((s.seed for s in seqs), dtype=np.uint64, count=len(seqs))
         steps = np.fromiter((s.generated for s in seqs), dtype=np.uint64, count=len(seqs))
@@ -351,9 +363,9 @@ class Batch:
                 self.recent if params.any_penalty else None, self.counts if params.any_count_penalty else None,
                 allowed))
             if logprobs:
-                logits = self._without_unknown(logits.clone() if every else logits)
+                logits = self._without_unknown(self.logits[:n].clone() if every else self.logits[rows])
         else:
-            logits = self._without_unknown(logits)
+            logits = self._without_unknown(self.logits[:n] if every else self.logits[rows])
             recent = counts = None
             if params.any_penalty:
                 recent = self.recent[:n] if every else self.recent[rows]

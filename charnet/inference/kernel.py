@@ -245,15 +245,16 @@ class StepKernel:
 
     # -- one step -------------------------------------------------------------------------
 
-    def step(self, tokens: Tensor, state: State) -> Tensor:
+    def step(self, tokens: Tensor, state: State, out: Tensor | None = None) -> Tensor:
         """Feed `tokens` (R,) to R sequences whose state (tuple of (L, R, H)) is updated
-        in place; return the next-token logits (R, V), a buffer the next call reuses.
-        R must be a value of `rows`. (No autograd to turn off: every tensor the kernel
-        holds is detached, and torch.no_grad would cost a single stream 2% a step.)"""
+        in place; return the next-token logits (R, V): `out`, or a buffer the next call
+        reuses. R must be a value of `rows`. (No autograd to turn off: every tensor the
+        kernel holds is detached, and torch.no_grad would cost a single stream 2% a
+        step.)"""
         rows = tokens.shape[0]
         assert rows == self.rows(rows), "pad the batch to kernel.rows(n)"
         if self.fused:
-            return self._fused_step(tokens, state)
+            return self._fused_step(tokens, state, out)
         gates, tmp, gates_h, logits = self._scratch(rows)
         x = None
         for k in range(self.layers):
@@ -262,7 +263,7 @@ class StepKernel:
             else:
                 self._affine(gates, self.b_ih[k], x, self.w_ih[k])
             x = self._cell(k, gates, gates_h, tmp, state)
-        return self._affine(logits, self.b_out, x, self.w_out)
+        return self._affine(logits if out is None else out, self.b_out, x, self.w_out)
 
     def _cell(self, k: int, gates: Tensor, gates_h: Tensor, tmp: Tensor, state: State) -> Tensor:
         """Finish layer k from its input projection `gates`; return the new h (a view
@@ -294,7 +295,7 @@ class StepKernel:
             c.mul_(f).addcmul_(i, g)
         return torch.mul(o, torch.tanh(c, out=tmp), out=h)
 
-    def _fused_step(self, tokens: Tensor, state: State) -> Tensor:
+    def _fused_step(self, tokens: Tensor, state: State, out: Tensor | None) -> Tensor:
         rows = tokens.shape[0]
         gx_buf, xs, gh_buf, logits = self._scratch(rows)
         hs = state[0].to(self.mm_dtype)  # every layer's h as its product reads it
@@ -306,7 +307,8 @@ class StepKernel:
             else:
                 gx, idx = _bits(self._bare(xs[k - 1], self.w_ih[k], gx_buf)), self._positions(rows)
             self._fused_layer(k, gx, idx, _bits(gh), arrays, _bits(xs[k]))
-        return torch.add(self.b_out, self._bare(xs[-1], self.w_out, logits), out=logits)
+        out = logits if out is None else out
+        return torch.add(self.b_out, self._bare(xs[-1], self.w_out, out), out=out)
 
     def _fused_layer(self, k: int, gx: np.ndarray, idx: np.ndarray, gh: np.ndarray, state: list[np.ndarray],
                      x: np.ndarray) -> None:

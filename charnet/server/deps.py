@@ -43,14 +43,17 @@ class ServerState:
     ready: bool = False
 
 
-def get_state(request: Request) -> ServerState:
+# Dependencies are coroutines: FastAPI runs a plain function in its thread pool, a
+# round trip per request that costs more than they do.
+
+async def get_state(request: Request) -> ServerState:
     return request.app.state.charnet
 
 
 State = Annotated[ServerState, Depends(get_state)]
 
 
-def ready_state(state: State) -> ServerState:
+async def ready_state(state: State) -> ServerState:
     if not state.ready:
         raise APIError(503, "the server is loading its models or shutting down", code="not_ready",
                        headers={"Retry-After": "1"})

@@ -1,40 +1,50 @@
 """A request as the API process holds it while its model's engine process computes it.
 
 The engine's `Out` events reach a `Job` through `charnet.server.core.client.EngineClient`,
-on the event loop, a step's worth at a time; the route answering the request takes them
-with `next_events`. What the engine says of a request before its first event (`choices`)
-is set the same way.
+on the event loop, a message's worth at a time; the route answering the request takes
+them with `next_events`. What the engine says of a request before its first event
+(`choices`) is set the same way.
+
+A delivery wakes the route only when it is due (`pace`): its first events, its end, and
+otherwise once `pace` seconds have passed since it last took events (a stream's next
+frame). Between, events gather in the inbox. So the API process's work on a stream comes
+right after the engine's message that made it due, while the engine runs the serial part
+of its next round, rather than on timers at scattered moments that take a core from the
+engine in the middle of its matrix products.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
 from charnet.inference.request import GenerationRequest
 from charnet.server.core.protocol import Choice, Out
-from charnet.server.metrics import Metrics
 
 
 class Job:
     """One generation request: groups of (request, n) sequences, and its inbox."""
 
-    def __init__(self, groups: list[tuple[GenerationRequest, int]], timeout: float, model: str,
-                 metrics: Metrics) -> None:
+    def __init__(self, groups: list[tuple[GenerationRequest, int]], timeout: float, meters: SimpleNamespace) -> None:
+        """`meters`: its model's metrics (`Metrics.of`)."""
         self.id = 0
         """Its number in messages to and from the engine (set when it is sent)."""
         self.groups = groups
         self.slots = sum(n for _, n in groups)
-        self.model = model
-        self.metrics = metrics
+        self.meters = meters
         self.arrived = time.monotonic()
         self.deadline = self.arrived + timeout
         self.choices: list[Choice] = []
         """Set when the engine starts the request, before its first event."""
         self.inbox: list[Out] = []
         self.wakeup = asyncio.Event()
+        self.pace = 0.0
+        """Least seconds between two wakeups of the route, but for the first and the end
+        (0: every delivery; a stream's --stream-interval; inf: the first and the end)."""
+        self._taken: float | None = None  # when the route last took events
         self.finished = False
         self.failed: tuple[int, str] | None = None
         self._first_char: float | None = None
@@ -42,15 +52,18 @@ class Job:
 
     def _deliver(self, out: Out) -> None:
         self.inbox.append(out)
-        self.wakeup.set()
+        if out.end or self._taken is None or time.monotonic() - self._taken >= self.pace:
+            self.wakeup.set()
 
     async def next_events(self) -> list[Out]:
-        """Wait for and take what has arrived since the last call (empty once finished)."""
-        while not self.inbox:
+        """Wait until a delivery is due, and take what has arrived since the last call
+        (empty once finished)."""
+        while not self.wakeup.is_set():
             if self.finished:
                 return []
             await self.wakeup.wait()
-            self.wakeup.clear()
+        self.wakeup.clear()
+        self._taken = time.monotonic()
         events, self.inbox = self.inbox, []
         for event in events:
             self.finished = self.finished or event.end
@@ -64,21 +77,20 @@ class Job:
         now = time.monotonic()
         if self._first_char is None:
             self._first_char = now
-            self.metrics.ttfc.labels(self.model).observe(now - self.arrived)
+            self.meters.ttfc.observe(now - self.arrived)
         elif self._last_char is not None:
-            gap = (now - self._last_char) / chars
-            self.metrics.inter_char.labels(self.model).observe(gap)
+            self.meters.inter_char.observe((now - self._last_char) / chars)
         self._last_char = now
-        self.metrics.chars.labels(self.model).inc(chars)
+        self.meters.chars.inc(chars)
 
     def completed(self) -> None:
-        self.metrics.e2e.labels(self.model).observe(time.monotonic() - self.arrived)
+        self.meters.e2e.observe(time.monotonic() - self.arrived)
 
 
 class ScoreJob(Job):
     """One /v1/score request: a text's token ids, scored from the initial state with the
     `top` most likely alternatives at each position."""
 
-    def __init__(self, ids: np.ndarray, top: int, unknown: int, timeout: float, model: str, metrics: Metrics) -> None:
-        super().__init__([], timeout, model, metrics)
+    def __init__(self, ids: np.ndarray, top: int, unknown: int, timeout: float, meters: SimpleNamespace) -> None:
+        super().__init__([], timeout, meters)
         self.ids, self.top, self.unknown = ids, top, unknown

@@ -59,7 +59,7 @@ def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, in
         raise APIError(400, f"n: this request needs {slots} sequences (prompts x n) but the server holds at most "
                             f"{room} (--max-concurrency + --max-queue)", param="n", code="too_many_choices")
     job = _admitted(model, settings, lambda: model.core.submit(groups))
-    job.metrics.prompt_chars.labels(model.name).inc(sum(len(r.prompt) * n for r, n in groups))
+    job.meters.prompt_chars.inc(sum(len(r.prompt) * n for r, n in groups))
     return job
 
 
@@ -87,9 +87,10 @@ async def collect(http: Request, model: Model, job: Job) -> list[Out]:
         if not job.finished:
             gone = True
             model.core.cancel(job)
-            job.metrics.disconnects.labels(model.name).inc()
+            job.meters.disconnects.inc()
             job._deliver(Out(error=(499, "client disconnected"), end=True))
 
+    job.pace = math.inf  # woken for the first characters (their time is measured) and the end
     watcher = asyncio.create_task(watch())
     events: list[Out] = []
     try:
@@ -110,11 +111,14 @@ async def collect(http: Request, model: Model, job: Job) -> list[Out]:
 
 
 async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]],
-                 error: Callable[[int, str], str], done: str | None, interval: float = 0.0) -> AsyncIterator[str]:
+                 error: Callable[[int, str], str], done: str | None, interval: float) -> AsyncIterator[str]:
     """The response body of a streamed request: `render` turns each batch of events
     into zero or more frames, at most one batch per `interval` seconds (the first at
-    once). On the client going away (Starlette cancels this generator) the generation
-    is cancelled; on an error, an error frame then `done`."""
+    once; `Job.pace`). On the client going away (Starlette cancels this generator) the
+    generation is cancelled; on an error, an error frame then `done`."""
+    # Every frame costs the event loop (JSON, SSE, a socket write) as much as the engine
+    # spends on a step for one row: characters gather between frames.
+    job.pace = interval
     try:
         while batch := await job.next_events():
             failure = next((e.error for e in batch if e.error is not None), None)
@@ -125,24 +129,30 @@ async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]]
             if failure is not None:
                 yield error(*failure)
                 break
-            if interval and frames and not job.finished:
-                # Every frame costs the event loop (JSON, SSE, a socket write) as much as
-                # the engine spends on a step for one row: let characters gather.
-                await asyncio.sleep(interval)
         job.completed()
         if done is not None:
             yield done
     finally:
         if not job.finished:
             model.core.cancel(job)
-            job.metrics.disconnects.labels(model.name).inc()
+            job.meters.disconnects.inc()
 
 
-async def json_response(build: Callable[[], dict]) -> Response:
-    """A JSON response built and serialised in a worker thread: a large answer (every
-    character's alternatives) must not hold up the event loop, and is written as it is
-    built, not validated again field by field."""
-    payload = await asyncio.to_thread(lambda: json.dumps(build(), ensure_ascii=False, separators=(",", ":")))
+INLINE_ENTRIES = 4096
+"""Answers of at most this many token entries are serialised on the event loop: less
+work than a worker thread's round trip (a one-line completion takes tens of
+microseconds)."""
+
+
+async def json_response(build: Callable[[], dict], entries: int) -> Response:
+    """A JSON response of at most `entries` token entries (`response_entries`): a large
+    answer (every character's alternatives) is built and serialised in a worker thread,
+    so it does not hold up the event loop; written as it is built, not validated again
+    field by field."""
+    def serialise() -> str:
+        return json.dumps(build(), ensure_ascii=False, separators=(",", ":"))
+
+    payload = serialise() if entries <= INLINE_ENTRIES else await asyncio.to_thread(serialise)
     return Response(payload.encode("utf-8"), media_type="application/json")
 
 

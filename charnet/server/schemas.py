@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, WithJsonSchema, field_validator,
+                      model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from charnet.config import MAX_VOCAB
@@ -55,6 +56,13 @@ class _Request(BaseModel):
     # Unknown fields are ignored, as OpenAI-compatible servers do, so clients that send
     # extras (user, metadata...) still work.
     model_config = ConfigDict(strict=True, extra="ignore")
+    _entries: int = PrivateAttr(0)
+
+    @property
+    def response_entries(self) -> int:
+        """The most token entries its response may hold (`response_budget`), once it has
+        been checked against the server's limits."""
+        return self._entries
 
     @field_validator("*", mode="before")
     @classmethod
@@ -120,15 +128,16 @@ def _strings(model: BaseModel, prefix: tuple = ()):
                         yield (*prefix, name, key), text
 
 
-def response_budget(choices: int, lengths: list[int], logprobs: int | None, budget: int, fields: str) -> None:
-    """400 unless the response a request asks for fits the server's budget: `choices`
-    per entry of `lengths` (each the tokens one choice may return), times 1 + the
-    alternatives per token. Checked before any work, so a 100-byte request cannot ask
-    for a 100 MB answer."""
+def response_budget(choices: int, lengths: list[int], logprobs: int | None, budget: int, fields: str) -> int:
+    """The most token entries the response a request asks for may hold: `choices` per
+    entry of `lengths` (each the tokens one choice may return), times 1 + the
+    alternatives per token; a 400 unless it fits the server's budget. Checked before
+    any work, so a 100-byte request cannot ask for a 100 MB answer."""
     size = choices * sum(lengths) * (1 + (logprobs or 0))
     if size > budget:
         raise APIError(400, f"{fields} = {size:,} tokens of response, above this server's limit of {budget:,} "
                             "(--max-response-tokens); ask for fewer", code="response_budget_exceeded")
+    return size
 
 
 def _engine_request(prompt: str, names: Mapping[str, str], vocab: Vocab, **settings: Any) -> GenerationRequest:
@@ -319,8 +328,8 @@ class CompletionRequest(_Decoding):
         n = self.n or 1
         prompts = self.prompts()
         max_tokens = min(16, limits["max_chars_cap"]) if self.max_tokens is None else self.max_tokens
-        response_budget(n, [max_tokens + (len(p) if self.echo else 0) for p in prompts], self.logprobs, budget,
-                        "n x (echoed prompt + max_tokens) x (1 + logprobs), over the prompts,")
+        self._entries = response_budget(n, [max_tokens + (len(p) if self.echo else 0) for p in prompts], self.logprobs,
+                                        budget, "n x (echoed prompt + max_tokens) x (1 + logprobs), over the prompts,")
         return [(_engine_request(p, {"max_chars": "max_tokens", **self.field_names()}, vocab, max_chars=max_tokens,
                                  stop=self.stop, logprobs=self.logprobs, **self.sampling(), **self.constraint()), n)
                 for p in prompts]
@@ -346,7 +355,7 @@ class GenerateRequest(_Decoding):
     def engine_request(self, limits: Mapping[str, int], budget: int, vocab: Vocab) -> GenerationRequest:
         """The request to generate; a 400 for anything the server refuses."""
         self.check_limits(limits)
-        response_budget(1, [self.length], self.logprobs, budget, "length x (1 + logprobs)")
+        self._entries = response_budget(1, [self.length], self.logprobs, budget, "length x (1 + logprobs)")
         return _engine_request(self.prompt, {"max_chars": "length", **self.field_names()}, vocab, max_chars=self.length,
                                stop=self.stop, logprobs=self.logprobs, **self.sampling(), **self.constraint())
 
@@ -363,4 +372,4 @@ class ScoreRequest(_Request):
     def check(self, limits: Mapping[str, int], budget: int) -> None:
         """A 400 for anything the server refuses."""
         self.check_limits(limits)
-        response_budget(1, [len(self.text)], self.top, budget, "text characters x (1 + top)")
+        self._entries = response_budget(1, [len(self.text)], self.top, budget, "text characters x (1 + top)")

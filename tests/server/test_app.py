@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from charnet.server.app import create_app
-from tests.serving import MODEL, OTHER, settings_for
+from tests.serving import MODEL, OTHER, metric, settings_for
 
 pytestmark = pytest.mark.anyio
 
@@ -43,8 +43,9 @@ async def test_two_apps_in_one_process_share_nothing(make_app):
         await a.client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
         pids = {a.state.models[MODEL].core.pid, b.state.models[MODEL].core.pid}
         assert len(pids) == 2 and os.getpid() not in pids  # an engine process each
-        text = (await b.client.get("/metrics")).text
-        assert 'charnet_generated_chars_total{model="tiny"}' not in text
+        ours, theirs = [(await api.client.get("/metrics")).text for api in (a, b)]
+        assert metric(ours, "charnet_generated_chars_total", model=MODEL) == 2
+        assert metric(theirs, "charnet_generated_chars_total", model=MODEL) == 0
 
 
 async def test_health_and_ready_list_the_same_models(make_app):

@@ -3,13 +3,12 @@
 An `EngineClient` starts the model's engine process (`charnet.server.core.process`),
 answers admission at once (429 when the model's running slots and queue are full, 503
 while its engine is down or the server shuts down), sends each admitted request, and
-reads the engine's `Step`s on the event loop (`zmq.asyncio`), handing each request its
-events. The engine's counters become the app's Prometheus metrics.
+reads the engine's `Step`s on the event loop (`charnet.server.core.wire`), handing each
+request its events. The engine's counters become the app's Prometheus metrics.
 
 Processes come from a forkserver (where the platform has one) that has imported the
-engine's modules once: a start costs a fork and a model load. Each start gets sockets
-of its own, in a private temporary directory, so nothing queued for a dead engine
-reaches the next one.
+engine's modules once: a start costs a fork and a model load. Each start gets a socket
+pair of its own, so nothing queued for a dead engine reaches the next one.
 
 When the engine process dies (a crash, the OOM killer, SIGKILL), its in-flight requests
 end with a 503 error (an error event on a stream), `ready` turns false (so /ready says
@@ -26,21 +25,17 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import shutil
 import signal
-import tempfile
+import socket
 import threading
 import time
 import weakref
 from multiprocessing.connection import wait
 
-import zmq
-import zmq.asyncio
-
 from charnet.errors import CharnetError
 from charnet.inference.request import GenerationRequest
 from charnet.server.core import process as core_process
-from charnet.server.core import protocol
+from charnet.server.core import protocol, wire
 from charnet.server.core.protocol import (SHUTTING_DOWN, Cancel, Failed, Generate, Out, Ready, ScoreText, Shutdown,
                                          Stats, Step)
 from charnet.server.job import Job, ScoreJob
@@ -125,7 +120,7 @@ class EngineClient:
     """One model's engine process and the requests sent to it."""
 
     def __init__(self, name: str, path: str, settings: Settings, metrics: Metrics) -> None:
-        self.name, self.path, self.settings, self.metrics = name, path, settings, metrics
+        self.name, self.path, self.settings = name, path, settings
         self._jobs: dict[int, Job] = {}  # sent and not ended, by id
         self._ids = itertools.count(1)
         self._held = 0  # sequences of the requests in _jobs (admission)
@@ -134,13 +129,14 @@ class EngineClient:
         self._closing = False
         self._encode = protocol.encoder().encode
         self._decode = protocol.replies().decode
-        self._zmq = zmq.asyncio.Context()
         self._incarnation: _Incarnation | None = None
         self._restarts = 0
         self._last = Stats()
         self._restarting: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()  # referenced until done (the loop holds tasks weakly)
-        metrics.engine_up.labels(name).set(0)
+        self.meters = metrics.of(name)
+        """This model's metrics."""
+        self.meters.engine_up.set(0)
 
     @property
     def ready(self) -> bool:
@@ -170,7 +166,7 @@ class EngineClient:
             await incarnation.dispose()
             return answer
         incarnation.ready = self._ready = True
-        self.metrics.engine_up.labels(self.name).set(1)
+        self.meters.engine_up.set(1)
         log.info("engine of model %s runs in process %d", self.name, incarnation.process.pid)
         return None
 
@@ -186,7 +182,7 @@ class EngineClient:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         log.error("the engine process of model %s stopped (%s); restarting it", self.name, how)
         self._ready = False
-        self.metrics.engine_up.labels(self.name).set(0)
+        self.meters.engine_up.set(0)
         self._fail_all((503, f"the engine of model {self.name!r} stopped ({how}) and is being restarted; retry"))
         self._restarting = asyncio.create_task(self._restart(incarnation))
 
@@ -197,7 +193,7 @@ class EngineClient:
         while not self._closing:
             await asyncio.sleep(RESTART_PAUSES_S[min(self._restarts, len(RESTART_PAUSES_S) - 1)])
             self._restarts += 1
-            self.metrics.engine_restarts.labels(self.name).inc()
+            self.meters.engine_restarts.inc()
             if self._closing:
                 return
             why = await self._launch()
@@ -213,12 +209,12 @@ class EngineClient:
             self._restarting.cancel()
         incarnation, self._incarnation = self._incarnation, None
         if incarnation is not None:
-            incarnation.send(Shutdown())
+            if incarnation.ready and incarnation.process.is_alive():
+                incarnation.send(Shutdown())
             await incarnation.stop(STOP_TIMEOUT_S)
         self._fail_all(SHUTTING_DOWN)
         self._ready = False
-        self.metrics.engine_up.labels(self.name).set(0)
-        self._zmq.term()
+        self.meters.engine_up.set(0)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -232,9 +228,9 @@ class EngineClient:
         """Send a generation, or raise `Overloaded` (429), `EngineDown` or `ShuttingDown`
         (503) at once."""
         self._check_open()
-        job = Job(groups, self.settings.request_timeout, self.name, self.metrics)
+        job = Job(groups, self.settings.request_timeout, self.meters)
         if self._held + job.slots > self.settings.max_concurrency + self.settings.max_queue:
-            self.metrics.rejected.labels(self.name).inc()
+            self.meters.rejected.inc()
             raise Overloaded()
         self._held += job.slots
         self._send(job, Generate(job=job.id, groups=groups, timeout=self.settings.request_timeout))
@@ -245,9 +241,9 @@ class EngineClient:
         being scored already (or `EngineDown`, `ShuttingDown`)."""
         self._check_open()
         if self._scoring >= self.settings.max_concurrency:
-            self.metrics.rejected.labels(self.name).inc()
+            self.meters.rejected.inc()
             raise Overloaded()
-        job = ScoreJob(ids, top, unknown, self.settings.request_timeout, self.name, self.metrics)
+        job = ScoreJob(ids, top, unknown, self.settings.request_timeout, self.meters)
         self._scoring += 1
         self._send(job, ScoreText(job=job.id, ids=ids, top=top, unknown=unknown, timeout=self.settings.request_timeout))
         return job
@@ -309,34 +305,36 @@ class EngineClient:
 
     def _count(self, status: int) -> None:
         if status == 408:
-            self.metrics.timeouts.labels(self.name).inc()
+            self.meters.timeouts.inc()
         elif status == 500:
-            self.metrics.failures.labels(self.name).inc()
+            self.meters.failures.inc()
 
     def _observe(self, stats: Stats) -> None:
         """The engine's gauges as they are; its counters (which restart from zero with
         the process) added to the app's as they grow."""
-        m, name, last = self.metrics, self.name, self._last
-        m.running.labels(name).set(stats.running)
-        m.waiting.labels(name).set(stats.waiting)
-        m.batch_rows.labels(name).set(stats.rows)
-        m.cache_bytes.labels(name).set(stats.cache_bytes)
-        m.cache_entries.labels(name).set(stats.cache_entries)
+        m, last = self.meters, self._last
+        if stats == last:
+            return
+        m.running.set(stats.running)
+        m.waiting.set(stats.waiting)
+        m.batch_rows.set(stats.rows)
+        m.cache_bytes.set(stats.cache_bytes)
+        m.cache_entries.set(stats.cache_entries)
         for counter, now, before in ((m.cache_hits, stats.cache_hits, last.cache_hits),
                                      (m.cache_misses, stats.cache_misses, last.cache_misses),
                                      (m.primed_chars, stats.primed, last.primed)):
             if now > before:
-                counter.labels(name).inc(now - before)
+                counter.inc(now - before)
         self._last = stats
 
     def _reset_counters(self) -> None:
         """A new engine process counts from zero."""
-        self._last = Stats()
         self._observe(Stats())
+        self._last = Stats()
 
 
 class _Incarnation:
-    """One engine process, its sockets and the task reading them."""
+    """One engine process, its end of the socket pair, and the task reading it."""
 
     def __init__(self, client: EngineClient) -> None:
         self.client = client
@@ -344,66 +342,44 @@ class _Incarnation:
         self.born = time.monotonic()
         self.ready = False
         self.started: asyncio.Future[str | None] = self.loop.create_future()
-        self.directory = tempfile.mkdtemp(prefix="charnet-engine-")  # private (0700): only we connect
-        self.commands = client._zmq.socket(zmq.PUSH)
-        self.replies = client._zmq.socket(zmq.PULL)
-        self.commands.setsockopt(zmq.SNDHWM, 0)
-        self.replies.setsockopt(zmq.RCVHWM, 0)
-        endpoints = [self._bind(self.commands, "commands"), self._bind(self.replies, "replies")]
         settings = client.settings
         spec = core_process.CoreSpec(
             name=client.name, path=client.path, device=settings.device, cache_bytes=int(settings.cache_mb * (1 << 20)),
             max_concurrency=settings.max_concurrency, max_n=settings.max_n, timeout=settings.request_timeout,
-            threads=threads(settings), commands=endpoints[0], replies=endpoints[1],
-            env={k: v for k, v in os.environ.items() if k.startswith("CHARNET_")},
+            threads=threads(settings), env={k: v for k, v in os.environ.items() if k.startswith("CHARNET_")},
             log_level=logging.getLevelName(log.getEffectiveLevel()).lower())
-        ctx = _context()
-        reader, self._alive = ctx.Pipe(duplex=False)  # our end closes when we exit: the engine's cue
-        self.process = ctx.Process(target=core_process.main, args=(spec, reader), name=f"charnet-engine-{client.name}",
-                                   daemon=False)
+        ours, theirs = socket.socketpair()
+        self.process = _context().Process(target=core_process.main, args=(spec, theirs),
+                                          name=f"charnet-engine-{client.name}", daemon=False)
         _start(self.process)
         _RUNNING.add(self.process)
-        reader.close()
+        theirs.close()  # the engine's copy alone: when it exits, ours reads end of file
+        self._socket = ours
+        self.writer: asyncio.StreamWriter | None = None
         client._reset_counters()
         self.reading = self.loop.create_task(self._read())
         threading.Thread(target=self._watch, name=f"charnet-engine-watch-{client.name}", daemon=True).start()
 
-    def _bind(self, socket: zmq.Socket, name: str) -> str:
-        if zmq.has("ipc"):
-            endpoint = f"ipc://{os.path.join(self.directory, name)}"
-            socket.bind(endpoint)
-            return endpoint
-        socket.bind("tcp://127.0.0.1:*")  # Windows: loopback only
-        return socket.getsockopt_string(zmq.LAST_ENDPOINT)
-
     def send(self, command: protocol.Command) -> None:
-        self.commands.send(self.client._encode(command), zmq.NOBLOCK)
+        """Queue `command` (asyncio's transport buffers what the socket cannot take now)."""
+        self.writer.write(wire.frame(self.client._encode(command)))
 
     def answer(self, message: str | None) -> None:
         if not self.started.done():
             self.started.set_result(message)
 
     async def _read(self) -> None:
-        # Only awaited receives while this runs (one that is already satisfied does not
-        # suspend): non-blocking ones beside them would bypass zmq.asyncio's bookkeeping
-        # of the socket's edge-triggered readiness.
-        while True:
-            self._handle(await self.replies.recv())
-
-    def _handle(self, frame: bytes) -> None:
-        try:
-            self.client._receive(self.client._decode(frame), self)
-        except Exception:  # a bug here must not stop the reading: every request of the model would wait
-            log.exception("handling a reply of the engine of %s failed", self.client.name)
-
-    def drain(self) -> None:
-        """Hand on every reply still in the socket (once nothing else reads it)."""
+        """Hand on every reply, until the engine's end closes."""
+        reader, self.writer = await asyncio.open_connection(sock=self._socket)
         while True:
             try:
-                frame = self.replies.recv(zmq.NOBLOCK).result()
-            except zmq.Again:
+                payload = await wire.read_frame(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
                 return
-            self._handle(frame)
+            try:
+                self.client._receive(self.client._decode(payload), self)
+            except Exception:  # a bug here must not stop the reading: every request of the model would wait
+                log.exception("handling a reply of the engine of %s failed", self.client.name)
 
     def _watch(self) -> None:
         """Thread: wait for the process to exit, then tell the event loop."""
@@ -419,22 +395,17 @@ class _Incarnation:
         self.client._tasks.add(task)
         task.add_done_callback(self.client._tasks.discard)
 
-    async def quiesce(self) -> None:
-        """Stop reading in the background, and hand on what is still in the socket."""
-        self.reading.cancel()
+    async def quiesce(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Read what the engine said before its end closed (up to `timeout`)."""
         try:
-            await self.reading
-        except (asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(self.reading), timeout)
+        except (asyncio.TimeoutError, Exception):
             pass
-        self.drain()
 
     async def stop(self, timeout: float) -> None:
         """Wait up to `timeout` for the process to exit (reading what it says), then
         kill it; dispose of everything."""
-        deadline = time.monotonic() + timeout
-        while self.process.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await self.quiesce()
+        await self.quiesce(timeout)
         await self.dispose()
 
     async def dispose(self) -> None:
@@ -446,7 +417,7 @@ class _Incarnation:
             await self.reading
         except (asyncio.CancelledError, Exception):
             pass
-        self._alive.close()
-        self.commands.close(0)
-        self.replies.close(0)
-        shutil.rmtree(self.directory, ignore_errors=True)
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            self._socket.close()

@@ -14,7 +14,11 @@ round (`iterate`)
 4. gives at most `SCORE_SHARE` of its time to scoring texts for /v1/score, a window of
    `SCORE_WINDOW` characters at a time (all of it when nothing generates);
 
-and returns what the round produced as one `Step` message: every row's output at once.
+and returns what the round produced as one `Step` message: every row's output at once,
+saying whether any of it is `urgent` (a request started, wrote its first characters,
+ended or failed). Shares, counts and deadlines are looked at again only when the batch's
+membership changed (`Batch.revision`) or the earliest deadline has passed: a round of
+64 streams whose requests all carry on does no work per request beyond the step.
 
 Failures stay small: an error while starting or sampling one sequence fails only its
 request (the batch drops that row and carries on); an error in the batched kernel step
@@ -28,6 +32,7 @@ sent, and answers at once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,6 +68,8 @@ class _Generation:
     groups: list
     deadline: float
     seqs: list[Sequence] = field(default_factory=list)
+    spoke: bool = False
+    """Whether its first characters have gone out."""
 
 
 @dataclass(eq=False)
@@ -88,6 +95,12 @@ class EngineCore:
         self._score_debt = 0.0  # seconds the batch is owed before the next score window
         self._batch = engine.new_batch(auto_admit=False)
         self._stats = Stats()
+        self._seen = -1  # the batch revision the shares and counts below are for
+        self._running = self._waiting = 0
+        self._deadline = math.inf  # the earliest of every request's
+        self.urgent = False
+        """Whether the last round's Step has news that should not wait (see the module
+        docstring)."""
 
     @property
     def busy(self) -> bool:
@@ -114,17 +127,21 @@ class EngineCore:
         The Step to send, or None when nothing changed."""
         started: list[tuple[int, list[Choice]]] = []
         out: list[tuple[int, Out]] = []
+        self.urgent = False
         try:
             self._cancel_all()
             while self._arrivals:
                 self._start(self._arrivals.popleft(), started, out)
-            self._timeouts(out)
-            self._allocate(out)
+            if time.monotonic() > self._deadline:
+                self._timeouts(out)
+            if self._batch.revision != self._seen:
+                self._allocate(out)
             stepped = self._step(out) if self._batch.rows else 0.0
             self._score_turn(stepped, out)
         except Exception:  # a bug in the loop itself: fail what is running, keep serving
             log.exception("engine loop of %s failed; failing its running requests", self.engine.name)
             out += self.fail_all((500, "internal error in the generation loop"))
+        self.urgent = self.urgent or bool(started) or any(o.end for _, o in out)
         stats = self._measure()
         if not (started or out) and stats == self._stats:
             return None
@@ -144,15 +161,25 @@ class EngineCore:
             self._jobs.clear()
             self._scores.clear()
             self._owner.clear()
-        self._batch = self.engine.new_batch(auto_admit=False)
+        self._new_batch()
         return out
 
+    def _new_batch(self) -> None:
+        self._batch = self.engine.new_batch(auto_admit=False)
+        self._seen = -1
+
     def _measure(self) -> Stats:
-        running = sum(1 for job in self._jobs if any(s.row >= 0 for s in job.seqs))
+        if self._seen != self._batch.revision:  # requests ended or failed since the shares were made
+            self._count()
         cache = self.engine.cache
-        return Stats(running=running + len(self._scores), waiting=len(self._jobs) - running + len(self._arrivals),
+        return Stats(running=self._running + len(self._scores), waiting=self._waiting + len(self._arrivals),
                      rows=self._batch.rows, cache_hits=cache.hits, cache_misses=cache.misses, cache_bytes=cache.bytes,
                      cache_entries=len(cache), primed=cache.primed_tokens)
+
+    def _changed(self) -> None:
+        """A request started or ended: shares, counts and the deadline need a look."""
+        self._seen = -1
+        self._deadline = min((j.deadline for j in [*self._jobs, *self._scores]), default=math.inf)
 
     def _cancel_all(self) -> None:
         if not self._cancels:
@@ -165,6 +192,7 @@ class EngineCore:
     def _start(self, job: _Generation | _Scoring, started: list, out: list) -> None:
         if isinstance(job, _Scoring):
             self._scores.append(job)
+            self._changed()
             return
         seqs: list[Sequence] = []
         try:
@@ -181,6 +209,7 @@ class EngineCore:
         started.append((job.id, [Choice(seed=s.seed, prompt_tokens=s.prompt_tokens) for s in seqs]))
         job.seqs = seqs
         self._jobs.append(job)
+        self._changed()
         for index, seq in enumerate(seqs):
             if seq.finished:  # max_chars == 0: done before its first step
                 out.append((job.id, Out(index=index, finish_reason=seq.finish_reason)))
@@ -197,7 +226,7 @@ class EngineCore:
 
     def _allocate(self, out: list) -> None:
         """Suspend and admit sequences so that each request holds its fair share of the
-        rows."""
+        rows; count the requests with rows and without."""
         batch = self._batch
         jobs = list(self._jobs)
         held = [[s for s in job.seqs if s.row >= 0] for job in jobs]
@@ -207,6 +236,7 @@ class EngineCore:
         for rows, share in zip(held, alloc):
             for seq in rows[share:]:  # over its share: the latest choices wait
                 batch.suspend(seq)
+        failed = False
         for job, rows, waiting, share in zip(jobs, held, ready, alloc):
             try:
                 for seq in waiting[:max(0, share - len(rows))]:
@@ -214,6 +244,15 @@ class EngineCore:
             except Exception as e:  # e.g. the prompt cache failing: this request only
                 log.exception("starting a sequence on %s failed", self.engine.name)
                 self._end(job, (500, f"generation failed: {type(e).__name__}"), out)
+                failed = True  # its rows are free: share again next round
+        self._count()
+        if not failed:
+            self._seen = batch.revision
+
+    def _count(self) -> None:
+        """Requests holding rows, and requests holding none."""
+        self._running = sum(1 for job in self._jobs if any(s.row >= 0 for s in job.seqs))
+        self._waiting = len(self._jobs) - self._running
 
     def _step(self, out: list) -> float:
         """One batched step; returns the seconds it took."""
@@ -224,7 +263,7 @@ class EngineCore:
             log.exception("batched step of %s failed; failing the requests in it", self.engine.name)
             for job in list(self._jobs):
                 self._end(job, (500, "internal error in the batched step"), out)
-            self._batch = self.engine.new_batch(auto_admit=False)
+            self._new_batch()
             return time.perf_counter() - started
         finished: dict[_Generation, None] = {}  # in order; ended once every piece of the step is out
         for piece in pieces:
@@ -238,6 +277,8 @@ class EngineCore:
             if piece.text or piece.finish_reason or piece.logprobs:
                 out.append((job.id, Out(index=index, text=piece.text, logprobs=tuple(piece.logprobs),
                                         finish_reason=piece.finish_reason, generated=piece.seq.generated)))
+                if piece.text and not job.spoke:
+                    job.spoke = self.urgent = True
             if piece.finish_reason:
                 del self._owner[piece.seq.id]
                 if all(s.finished for s in job.seqs):
@@ -284,5 +325,6 @@ class EngineCore:
                 self._owner.pop(seq.id, None)
                 self._batch.cancel(seq)
             self._jobs.remove(job)
+        self._changed()
         if error is not None or done:
             out.append((job.id, Out(error=error, end=True)))

@@ -8,9 +8,11 @@ types: several times faster than pickle for the per-step batches, and a malforme
 unexpected message is a decoding error, never code run from a socket.
 
 API process -> engine: `Generate`, `ScoreText`, `Cancel`, `Shutdown`.
-Engine -> API process: `Ready` once loaded, `Failed` if it could not load, then one
-`Step` per round of the engine loop that has news: the requests that started (their
-`Choice`s), every `Out` of every row at once, and the engine's counters (`Stats`).
+Engine -> API process: `Ready` once loaded, `Failed` if it could not load, then `Step`s:
+the requests that started (their `Choice`s), every `Out` of every row at once, and the
+engine's counters (`Stats`). A round of the engine loop with news sends its Step at once
+when any of it is urgent; otherwise consecutive rounds within `BATCH_WINDOW_S` share one
+message (`charnet.server.core.process`).
 Requests carry their own types (`GenerationRequest` with its `SamplingParams` and
 `Constraint`), which validate themselves again when decoded.
 """
@@ -114,6 +116,14 @@ class Step(msgspec.Struct, tag=True):
     """Requests that started this round: (job, its choices), before their events."""
     events: list[tuple[int, Out]]
     stats: Stats
+
+    def merge(self, later: Step) -> Step:
+        """This step's news followed by `later`'s, with `later`'s counters (one message
+        for both)."""
+        self.started += later.started
+        self.events += later.events
+        self.stats = later.stats
+        return self
 
 
 class Ready(msgspec.Struct, tag=True):

@@ -109,7 +109,8 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
     choices = _Choices(body, job, model.vocab.kind)
     if not body.stream:
         events = await respond.collect(http, model, job)
-        return await respond.json_response(lambda: {**head, "choices": choices.whole(events), "usage": choices.usage()})
+        return await respond.json_response(lambda: {**head, "choices": choices.whole(events), "usage": choices.usage()},
+                                           body.response_entries)
 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     extra = {"usage": None} if include_usage else {}
@@ -128,7 +129,8 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
         return respond.sse(APIError(status, message).body())
 
     async def body_stream():
-        async for frame in respond.stream(model, job, render, error, done=None, interval=state.settings.stream_interval):
+        async for frame in respond.stream(model, job, render, error, done=None,
+                                          interval=state.settings.stream_interval):
             yield frame
         if include_usage and job.finished and job.failed is None:
             yield respond.sse({**head, "choices": [], "usage": choices.usage()})

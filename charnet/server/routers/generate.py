@@ -58,7 +58,8 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
 
     if not body.stream:
         events = await respond.collect(http, model, job)
-        return await respond.json_response(lambda: event(events, "".join(e.text for e in events)))
+        return await respond.json_response(lambda: event(events, "".join(e.text for e in events)),
+                                           body.response_entries)
 
     ndjson = NDJSON in http.headers.get("accept", "")
 

@@ -58,8 +58,8 @@ async def score(body: ScoreRequest, http: Request, state: ReadyState) -> Any:
     job = respond.submit_score(http, model, ids, body.top, vocab.count_unknown(ids))
     events = await respond.collect(http, model, job)
     result = next(e.score for e in events if e.score is not None)
-    state.metrics.scored_chars.labels(model.name).inc(result.tokens)
+    model.core.meters.scored_chars.inc(result.tokens)
     bits = result.bits_per_char
     return await respond.json_response(lambda: {
         "model": model.name, "bits_per_char": bits if math.isfinite(bits) else None, "tokens": result.tokens,
-        "unknown": result.unknown, "chars": _chars(model, body.text, ids, result)})
+        "unknown": result.unknown, "chars": _chars(model, body.text, ids, result)}, body.response_entries)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from charnet.inference.engine import Engine
+from charnet.server.core.process import NICENESS
 from tests.serving import MODEL, OTHER, events, until, wait_until
 
 PROMPT = "ROMEO:\nBut soft"
@@ -40,6 +41,9 @@ async def test_each_model_has_an_engine_process_of_its_own(make_app):
         engines = (await api.client.get("/health")).json()["engines"]
         assert set(engines) == {MODEL, OTHER} and len(set(engines.values())) == 2
         assert os.getpid() not in engines.values() and all(alive(pid) for pid in engines.values())
+        # below the API process's priority: it gives way when the API has work
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in engines.values()} == {min(19, ours + NICENESS)}
         assert sample(api, "charnet_engine_up") == sample(api, "charnet_engine_up", OTHER) == 1
     for pid in engines.values():  # stopped with the app
         await until(lambda: not alive(pid))

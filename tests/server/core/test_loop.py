@@ -128,10 +128,10 @@ def test_a_failing_batched_step_fails_the_requests_in_it_and_the_loop_carries_on
     real = core.engine.kernel.step
     calls = itertools.count()
 
-    def step(*args):
+    def step(*args, **kwargs):
         if next(calls) == 3:
             raise RuntimeError("injected")
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(core.engine.kernel, "step", step)
     first, second = generate(max_chars=50), generate("x", max_chars=50)
@@ -145,15 +145,15 @@ def test_a_failing_batched_step_fails_the_requests_in_it_and_the_loop_carries_on
 
 
 def test_a_bug_in_the_loop_fails_what_runs_and_the_loop_carries_on(core, monkeypatch):
-    real = EngineCore._allocate
+    real = EngineCore._score_turn  # runs every round
     calls = itertools.count()
 
-    def allocate(self, out):
-        if next(calls) == 2:
+    def score_turn(self, stepped, out):
+        if next(calls) == 5:
             raise KeyError("a bug")
-        return real(self, out)
+        return real(self, stepped, out)
 
-    monkeypatch.setattr(EngineCore, "_allocate", allocate)
+    monkeypatch.setattr(EngineCore, "_score_turn", score_turn)
     running = generate(max_chars=50)
     core.receive(running)
     run = Run().drive(core)
@@ -231,3 +231,19 @@ def test_scoring_takes_turns_with_generation_and_equals_a_lone_score(core, monke
     alone = score_ids(core.engine.model, ids, top=2)
     assert result.tokens == alone.tokens and np.allclose(result.logprobs, alone.logprobs)
     assert np.array_equal(result.top_ids, alone.top_ids)
+
+
+def test_a_round_is_urgent_when_a_request_starts_speaks_first_or_ends(core):
+    """What cannot wait for the next rounds' news (`charnet.server.core.process`): a start,
+    the first characters, the end; the characters between can."""
+    request = generate(max_chars=40, seed=1)
+    core.receive(request)
+    rounds = []
+    while core.busy:
+        step = core.iterate()
+        events = [o for _, o in step.events] if step else []
+        rounds.append((core.urgent, bool(step and step.started), any(o.text for o in events), any(o.end for o in events)))
+    first_text = next(i for i, r in enumerate(rounds) if r[2])
+    assert rounds[0][:2] == (True, True) and rounds[first_text][0] and rounds[-1][0] and rounds[-1][3]
+    between = rounds[first_text + 1:-1]
+    assert between and not any(urgent for urgent, *_ in between)
