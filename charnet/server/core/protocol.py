@@ -1,11 +1,9 @@
 """What crosses between the API process and a model's engine process, as msgspec messages.
 
-The transport is ZeroMQ (PUSH/PULL over an ipc socket, or loopback TCP where there is
-none), as vLLM's engine core does: framing, queueing and the socket I/O happen in
-libzmq's own thread without the interpreter lock, and `zmq.asyncio` wakes the event loop
-when a message is in. Messages are msgpack, encoded and decoded by msgspec against these
-types: several times faster than pickle for the per-step batches, and a malformed or
-unexpected message is a decoding error, never code run from a socket.
+They travel as frames over a socket pair (`charnet.server.core.wire`, which says why not
+ZeroMQ). Messages are msgpack, encoded and decoded by msgspec against these types, as
+vLLM's engine core does: several times faster than pickle for the per-step batches, and
+a malformed or unexpected message is a decoding error, never code run from a socket.
 
 API process -> engine: `Generate`, `ScoreText`, `Cancel`, `Shutdown`.
 Engine -> API process: `Ready` once loaded, `Failed` if it could not load, then `Step`s:
