@@ -31,6 +31,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SPEED_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "asimd", "sve")
+"""CPU features that change how fast charnet's kernels run (bf16 products need
+avx512_bf16 or amx_bf16 on x86)."""
+
+
+def cpu_features() -> list[str]:
+    """Which of `SPEED_FEATURES` this CPU has (from /proc/cpuinfo; empty elsewhere)."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in SPEED_FEATURES if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def ram_bytes() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -53,7 +70,8 @@ def git_commit() -> str | None:
 
 
 def machine() -> dict:
-    """CPU, cores, RAM, GPU, torch, threads, date, git commit and load average."""
+    """CPU (and its speed-relevant features), cores, RAM, GPU, torch, threads, date, git
+    commit and load average."""
     import torch
 
     gpu = None
@@ -64,7 +82,8 @@ def machine() -> dict:
         load = list(os.getloadavg())
     except OSError:
         load = None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "ram_bytes": ram_bytes(), "gpu": gpu,
+    return {"cpu": cpu_model(), "cpu_features": cpu_features(), "cores": os.cpu_count(), "ram_bytes": ram_bytes(),
+            "gpu": gpu,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
             "platform": platform.platform(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "git_commit": git_commit(), "load_average": load}

@@ -80,7 +80,9 @@ def header(results: dict, source: Path) -> list[str]:
                   "suite started. Other work competed for the CPU, so speeds here are lower, and noisier, than "
                   "the machine's.", ""]
     lines += _table(["machine", ""], [
-        ["CPU", f"{m.get('cpu')}, {m.get('cores')} cores"], ["RAM", _gb(m.get("ram_bytes"))],
+        ["CPU", f"{m.get('cpu')}, {m.get('cores')} cores"
+                + (f" ({', '.join(m['cpu_features'])})" if m.get("cpu_features") else "")],
+        ["RAM", _gb(m.get("ram_bytes"))],
         ["GPU", f"{gpu['name']} x{gpu['count']}" if gpu else "none (CUDA not available)"],
         ["torch", f"{m.get('torch')}, {m.get('threads')} threads"], ["Python", m.get("python")],
         ["date", m.get("date")], ["git commit", f"`{m.get('git_commit')}`"],
@@ -89,7 +91,7 @@ def header(results: dict, source: Path) -> list[str]:
         ["suite wall time", _num(results.get("wall_s"), ".0f", " s")]])
     kept = {name: r["kept_from"] for name, r in results.get("parts", {}).items() if r.get("kept_from")}
     if kept:
-        lines += ["", "Carried over from an earlier run on this machine (`--keep`): " + "; ".join(
+        lines += ["", "Carried over from an earlier run on a machine of the same description (`--keep`): " + "; ".join(
             f"{name} from `{k['file']}` (commit `{k['git_commit']}`, {k['date']})" for name, k in kept.items()) + "."]
     return lines
 
