@@ -6,8 +6,9 @@ them with `next_events`. What the engine says of a request before its first even
 (`choices`) is set the same way.
 
 A delivery wakes the route only when it is due (`pace`): its first events, its end, and
-otherwise once `pace` seconds have passed since it last took events (a stream's next
-frame). Between, events gather in the inbox. So the API process's work on a stream comes
+otherwise once most of `pace` (`DUE_EARLY`) has passed since it last took events (a
+stream's next frame). Between, events gather in the inbox. The engine paces its messages
+the same way, so a stream's frames follow them. So the API process's work on a stream comes
 right after the engine's message that made it due, while the engine runs the serial part
 of its next round, rather than on timers at scattered moments that take a core from the
 engine in the middle of its matrix products.
@@ -16,6 +17,7 @@ engine in the middle of its matrix products.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from types import SimpleNamespace
 
@@ -25,11 +27,17 @@ from charnet.inference.request import GenerationRequest
 from charnet.server.core.protocol import Choice, Out
 
 
+DUE_EARLY = 0.75
+"""A delivery wakes the route once this share of `Job.pace` has passed since it last took
+events."""
+
+
 class Job:
     """One generation request: groups of (request, n) sequences, and its inbox."""
 
-    def __init__(self, groups: list[tuple[GenerationRequest, int]], timeout: float, meters: SimpleNamespace) -> None:
-        """`meters`: its model's metrics (`Metrics.of`)."""
+    def __init__(self, groups: list[tuple[GenerationRequest, int]], timeout: float, meters: SimpleNamespace,
+                 pace: float = math.inf) -> None:
+        """`meters`: its model's metrics (`Metrics.of`); `pace`: see below."""
         self.id = 0
         """Its number in messages to and from the engine (set when it is sent)."""
         self.groups = groups
@@ -41,7 +49,7 @@ class Job:
         """Set when the engine starts the request, before its first event."""
         self.inbox: list[Out] = []
         self.wakeup = asyncio.Event()
-        self.pace = 0.0
+        self.pace = pace
         """Least seconds between two wakeups of the route, but for the first and the end
         (0: every delivery; a stream's --stream-interval; inf: the first and the end)."""
         self._taken: float | None = None  # when the route last took events
@@ -52,7 +60,9 @@ class Job:
 
     def _deliver(self, out: Out) -> None:
         self.inbox.append(out)
-        if out.end or self._taken is None or time.monotonic() - self._taken >= self.pace:
+        # A frame is due a little early rather than a whole message late: the engine
+        # sends a stream's characters every `pace` by its own clock (`EngineCore.window`).
+        if out.end or self._taken is None or time.monotonic() - self._taken >= DUE_EARLY * self.pace:
             self.wakeup.set()
 
     async def next_events(self) -> list[Out]:

@@ -50,15 +50,19 @@ def _admitted(model: Model, settings: Settings, enqueue: Callable[[], Job]) -> J
                        headers={"Retry-After": "1"}) from None
 
 
-def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, int]]) -> Job:
-    """Admit the request to the model's engine process, or 400/429/503 at once."""
+def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, int]], stream: bool) -> Job:
+    """Admit the request to the model's engine process, or 400/429/503 at once. A
+    `stream`'s events come at most every --stream-interval; the others' at their end."""
     settings = http.app.state.charnet.settings
     slots = sum(n for _, n in groups)
     room = settings.max_concurrency + settings.max_queue
     if slots > room:
         raise APIError(400, f"n: this request needs {slots} sequences (prompts x n) but the server holds at most "
                             f"{room} (--max-concurrency + --max-queue)", param="n", code="too_many_choices")
-    job = _admitted(model, settings, lambda: model.core.submit(groups))
+    # Every frame costs the event loop (JSON, SSE, a socket write) as much as the engine
+    # spends on a step for one row: a stream's characters gather between frames.
+    pace = settings.stream_interval if stream else math.inf
+    job = _admitted(model, settings, lambda: model.core.submit(groups, pace))
     job.meters.prompt_chars.inc(sum(len(r.prompt) * n for r, n in groups))
     return job
 
@@ -90,7 +94,6 @@ async def collect(http: Request, model: Model, job: Job) -> list[Out]:
             job.meters.disconnects.inc()
             job._deliver(Out(error=(499, "client disconnected"), end=True))
 
-    job.pace = math.inf  # woken for the first characters (their time is measured) and the end
     watcher = asyncio.create_task(watch())
     events: list[Out] = []
     try:
@@ -111,14 +114,11 @@ async def collect(http: Request, model: Model, job: Job) -> list[Out]:
 
 
 async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]],
-                 error: Callable[[int, str], str], done: str | None, interval: float) -> AsyncIterator[str]:
+                 error: Callable[[int, str], str], done: str | None) -> AsyncIterator[str]:
     """The response body of a streamed request: `render` turns each batch of events
-    into zero or more frames, at most one batch per `interval` seconds (the first at
-    once; `Job.pace`). On the client going away (Starlette cancels this generator) the
+    into zero or more frames, at most one batch per --stream-interval (the first at
+    once; `Job.pace`, set by `submit`). On the client going away (Starlette cancels this generator) the
     generation is cancelled; on an error, an error frame then `done`."""
-    # Every frame costs the event loop (JSON, SSE, a socket write) as much as the engine
-    # spends on a step for one row: characters gather between frames.
-    job.pace = interval
     try:
         while batch := await job.next_events():
             failure = next((e.error for e in batch if e.error is not None), None)

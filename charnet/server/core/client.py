@@ -183,17 +183,18 @@ class EngineClient:
         if not self._ready:
             raise EngineDown()
 
-    def submit(self, groups: list[tuple[GenerationRequest, int]]) -> Job:
-        """Send a generation, or raise `Overloaded` (429), `EngineDown` or `ShuttingDown`
-        (503) at once."""
+    def submit(self, groups: list[tuple[GenerationRequest, int]], pace: float) -> Job:
+        """Send a generation whose response takes events at most every `pace` seconds
+        (`Job.pace`), or raise `Overloaded` (429), `EngineDown` or `ShuttingDown` (503)
+        at once."""
         self._check_open()
-        job = Job(groups, self.settings.request_timeout, self.meters)
+        job = Job(groups, self.settings.request_timeout, self.meters, pace)
         if self._held + job.slots > self.settings.max_concurrency + self.settings.max_queue:
             self.meters.rejected.inc()
             raise Overloaded()
         self._held += job.slots
         job.id = next(self._ids)
-        self._send(job, Generate(job=job.id, groups=groups, timeout=self.settings.request_timeout))
+        self._send(job, Generate(job=job.id, groups=groups, timeout=self.settings.request_timeout, pace=pace))
         return job
 
     def submit_score(self, ids: np.ndarray, top: int, unknown: int) -> ScoreJob:

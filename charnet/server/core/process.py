@@ -35,13 +35,6 @@ from charnet.server.core.loop import EngineCore
 from charnet.server.core.protocol import SHUTTING_DOWN, Failed, Ready, Step
 from charnet.server.core.wire import Frames, frame
 
-BATCH_WINDOW_S = 0.002
-"""How long a round's outputs may wait for the next rounds' to go out in one message with
-them, when none of it is urgent (a request starting, its first characters, an end or an
-error go out at once). The API process writes to a stream at most every
---stream-interval (20 ms); a message a step would wake it every quarter millisecond for
-one stream, and each wakeup on the other core stalls the engine's threads."""
-
 NICENESS = 10
 """The engine process runs at this much lower priority than the API process. The API's
 work is small and waits on nobody but the engine (reading requests, writing frames);
@@ -78,7 +71,9 @@ class CoreSpec:
 def warm_up(engine: Engine) -> None:
     """Generate a few characters for two and eight sequences, priming a prompt alone and
     beside others, so the first request pays no compilation or first-call set-up; with
-    a cache of its own, so the server's cache and its counters start empty."""
+    a cache of its own, so the server's cache and its counters start empty. Then take
+    the whole prompt cache's memory (`PromptCache.reserve`): the process's memory under
+    load is what it has when it says it is ready."""
     batch = Batch(engine.kernel, engine.vocab, PromptCache(max_bytes=0),
                   document_start=engine.checkpoint.document_start)
     batch.add(GenerationRequest.of("", max_chars=4, seed=0), 2)
@@ -88,6 +83,8 @@ def warm_up(engine: Engine) -> None:
         batch.add(GenerationRequest.of("", max_chars=4, seed=i))
     while len(batch):
         batch.step()
+    kernel = engine.kernel
+    engine.cache.reserve(kernel.zero_state(1), torch.zeros(kernel.vocab_size, device=kernel.device))
 
 
 def main(spec: CoreSpec, channel: socket.socket) -> None:
@@ -142,6 +139,6 @@ def _serve(core: EngineCore, channel: socket.socket) -> None:
             if step is not None:
                 pending = step if pending is None else pending.merge(step)
             now = time.monotonic()
-            if pending is not None and (core.urgent or not core.busy or now - sent >= BATCH_WINDOW_S):
+            if pending is not None and (core.urgent or not core.busy or now - sent >= core.window):
                 channel.sendall(frame(encode(pending)))
                 pending, sent = None, now

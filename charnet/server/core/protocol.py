@@ -9,8 +9,8 @@ API process -> engine: `Generate`, `ScoreText`, `Cancel`, `Shutdown`.
 Engine -> API process: `Ready` once loaded, `Failed` if it could not load, then `Step`s:
 the requests that started (their `Choice`s), every `Out` of every row at once, and the
 engine's counters (`Stats`). A round of the engine loop with news sends its Step at once
-when any of it is urgent; otherwise consecutive rounds within `BATCH_WINDOW_S` share one
-message (`charnet.server.core.process`).
+when any of it is urgent; otherwise consecutive rounds within `EngineCore.window` share
+one message (`charnet.server.core.loop`).
 Requests carry their own types (`GenerationRequest` with its `SamplingParams` and
 `Constraint`), which validate themselves again when decoded.
 """
@@ -63,6 +63,10 @@ class Generate(msgspec.Struct, tag=True):
     groups: list[tuple[GenerationRequest, int]]
     timeout: float
     """Seconds left of the request's --request-timeout when it was sent."""
+    pace: float = 0.0
+    """Least seconds between two frames of its response (a stream's --stream-interval;
+    inf when only its start, first characters and end are read as they come): how long
+    its characters may gather in the engine before they go out."""
 
 
 class ScoreText(msgspec.Struct, tag=True):

@@ -103,7 +103,7 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
     settings = state.settings
     groups = body.engine_groups(respond.limits(settings, model.vocab.size), settings.max_response_tokens,
                               model.vocab)
-    job = respond.submit(http, model, groups)
+    job = respond.submit(http, model, groups, bool(body.stream))
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model.name}
     choices = _Choices(body, job, model.vocab.kind)
@@ -129,8 +129,7 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
         return respond.sse(APIError(status, message).body())
 
     async def body_stream():
-        async for frame in respond.stream(model, job, render, error, done=None,
-                                          interval=state.settings.stream_interval):
+        async for frame in respond.stream(model, job, render, error, done=None):
             yield frame
         if include_usage and job.finished and job.failed is None:
             yield respond.sse({**head, "choices": [], "usage": choices.usage()})

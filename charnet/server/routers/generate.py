@@ -43,7 +43,7 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
     settings = state.settings
     request = body.engine_request(respond.limits(settings, model.vocab.size), settings.max_response_tokens,
                                   model.vocab)
-    job = respond.submit(http, model, [(request, 1)])
+    job = respond.submit(http, model, [(request, 1)], body.stream)
     generated = [0]
 
     def event(events: list[Out], text: str) -> dict[str, Any]:
@@ -74,8 +74,7 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
     def error(status: int, message: str) -> str:
         return frame(APIError(status, message).body())
 
-    frames = respond.stream(model, job, render, error, done=None if ndjson else "data: [DONE]\n\n",
-                         interval=state.settings.stream_interval)
+    frames = respond.stream(model, job, render, error, done=None if ndjson else "data: [DONE]\n\n")
     return StreamingResponse(frames,
                              media_type=NDJSON if ndjson else "text/event-stream",
                              headers=respond.SSE_HEADERS)

@@ -29,8 +29,9 @@ def core(checkpoint) -> EngineCore:
     return EngineCore(Engine.open(checkpoint), max_concurrency=8, max_n=4, timeout=600)
 
 
-def generate(prompt: str = PROMPT, n: int = 1, timeout: float = 600, **settings) -> Generate:
-    return Generate(job=next(_jobs), groups=[(GenerationRequest.of(prompt, **settings), n)], timeout=timeout)
+def generate(prompt: str = PROMPT, n: int = 1, timeout: float = 600, pace: float = 0.0, **settings) -> Generate:
+    return Generate(job=next(_jobs), groups=[(GenerationRequest.of(prompt, **settings), n)], timeout=timeout,
+                    pace=pace)
 
 
 class Run:
@@ -247,3 +248,27 @@ def test_a_round_is_urgent_when_a_request_starts_speaks_first_or_ends(core):
     assert rounds[0][:2] == (True, True) and rounds[first_text][0] and rounds[-1][0] and rounds[-1][3]
     between = rounds[first_text + 1:-1]
     assert between and not any(urgent for urgent, *_ in between)
+
+
+def test_output_waits_as_long_as_the_most_eager_response_allows(core):
+    """A round's characters may gather for the shortest pace of the requests in the batch
+    (a stream's interval), within `loop.WINDOW_S`: for requests read only at their end,
+    the longest; once they are gone, back to the shortest."""
+    least, most = loop.WINDOW_S
+    assert core.window == least
+    whole = generate(max_chars=10_000, pace=float("inf"))
+    core.receive(whole)
+    core.iterate()
+    assert core.window == most
+    streamed = generate(max_chars=10_000, pace=0.02)
+    core.receive(streamed)
+    core.iterate()
+    assert core.window == 0.02
+    eager = generate(max_chars=10_000, pace=0.0)
+    core.receive(eager)
+    core.iterate()
+    assert core.window == least
+    for job in (eager, streamed):
+        core.receive(Cancel(job=job.job))
+    core.iterate()
+    assert core.window == most
