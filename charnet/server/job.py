@@ -50,8 +50,9 @@ class Job:
         self.inbox: list[Out] = []
         self.wakeup = asyncio.Event()
         self.pace = pace
-        """Least seconds between two wakeups of the route, but for the first and the end
-        (0: every delivery; a stream's --stream-interval; inf: the first and the end)."""
+        """Seconds between two wakeups of the route (at least `DUE_EARLY` of it), but for
+        the first and the end (0: every delivery; a stream's --stream-interval; inf: the
+        first and the end)."""
         self._taken: float | None = None  # when the route last took events
         self.finished = False
         self.failed: tuple[int, str] | None = None

@@ -52,7 +52,7 @@ def _admitted(model: Model, settings: Settings, enqueue: Callable[[], Job]) -> J
 
 def submit(http: Request, model: Model, groups: list[tuple[GenerationRequest, int]], stream: bool) -> Job:
     """Admit the request to the model's engine process, or 400/429/503 at once. A
-    `stream`'s events come at most every --stream-interval; the others' at their end."""
+    `stream`'s events come about every --stream-interval; the others' at their end."""
     settings = http.app.state.charnet.settings
     slots = sum(n for _, n in groups)
     room = settings.max_concurrency + settings.max_queue
@@ -116,9 +116,9 @@ async def collect(http: Request, model: Model, job: Job) -> list[Out]:
 async def stream(model: Model, job: Job, render: Callable[[list[Out]], Seq[str]],
                  error: Callable[[int, str], str], done: str | None) -> AsyncIterator[str]:
     """The response body of a streamed request: `render` turns each batch of events
-    into zero or more frames, at most one batch per --stream-interval (the first at
-    once; `Job.pace`, set by `submit`). On the client going away (Starlette cancels this generator) the
-    generation is cancelled; on an error, an error frame then `done`."""
+    into zero or more frames, about one batch per --stream-interval (the first at once;
+    `Job.pace`, set by `submit`). On the client going away (Starlette cancels this
+    generator) the generation is cancelled; on an error, an error frame then `done`."""
     try:
         while batch := await job.next_events():
             failure = next((e.error for e in batch if e.error is not None), None)

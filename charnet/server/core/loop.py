@@ -111,9 +111,9 @@ class EngineCore:
         shortest `Generate.pace` in the batch, within `WINDOW_S`. Each message wakes the
         API process on the other core, and each wakeup there stalls this process's
         threads in the middle of a product: a message a step would wake it every quarter
-        millisecond for one stream, whose response takes characters every 20 ms. At one
-        streaming client, messages every 2 ms kept 0.76-0.86x of the engine's speed,
-        every 18 ms 0.83-0.93x (three runs each)."""
+        millisecond for one stream, whose response takes characters every 20 ms. One
+        streaming client got 0.71-0.86x of the engine alone's speed with messages every
+        2 ms, 0.81-0.88x with them at its pace (four runs each, 2 cores)."""
 
     @property
     def busy(self) -> bool:

@@ -64,7 +64,7 @@ class Generate(msgspec.Struct, tag=True):
     timeout: float
     """Seconds left of the request's --request-timeout when it was sent."""
     pace: float = 0.0
-    """Least seconds between two frames of its response (a stream's --stream-interval;
+    """Seconds between two frames of its response (a stream's --stream-interval;
     inf when only its start, first characters and end are read as they come): how long
     its characters may gather in the engine before they go out."""
 
