@@ -14,7 +14,7 @@ from charnet.inference.request import GenerationRequest
 from charnet.server.core.engine_process import EngineProcess
 from charnet.server.core.process import CoreSpec
 from charnet.server.core.protocol import Generate
-from tests.serving import MODEL
+from tests.serving import MODEL, until
 
 pytestmark = pytest.mark.anyio
 
@@ -30,8 +30,7 @@ async def test_started_engine_streams_steps_and_reports_its_exit(checkpoint):
     try:
         assert await engine.wait_started(120) is None
         engine.send(Generate(job=7, groups=[(GenerationRequest.of("ab", max_chars=5, seed=1), 1)], timeout=60.0))
-        while not any(out.end for step in steps for _, out in step.events):
-            await asyncio.sleep(0.01)
+        await until(lambda: any(out.end for step in steps for _, out in step.events))
         ours = [(job, out) for step in steps for job, out in step.events]
         assert {job for job, _ in ours} == {7} and len("".join(out.text for _, out in ours)) == 5
         os.kill(engine.pid, signal.SIGKILL)
@@ -48,8 +47,7 @@ async def test_an_engine_slower_to_start_than_allowed_is_reported_and_killed(che
     assert why == "the engine process was not ready within 0.001 s"
     await engine.dispose()
     assert not engine.process.is_alive() and engine.process.exitcode == -signal.SIGKILL
-    await asyncio.sleep(0.2)  # the watching thread's word reaches the loop
-    assert exits == [engine]
+    await until(lambda: exits == [engine])  # the watching thread's word reaches the loop
 
 
 async def test_an_engine_that_cannot_load_its_model_says_why(tmp_path):
