@@ -136,7 +136,7 @@ def serve(
     threads: Annotated[Optional[int], Opt(min=1, help="Torch threads of each model's engine process. \\[default: "
                                                       "the cores divided among --workers]",
                                           show_default=False)] = D.threads,
-    stream_interval: Annotated[float, Opt(min=0, help="Least seconds between two chunks of one stream: what is "
+    stream_interval: Annotated[float, Opt(min=0, help="Seconds between two chunks of one stream (about): what is "
                                                      "generated meanwhile goes out together, so 64 streams cost "
                                                      "the server a few thousand frames a second, not one per "
                                                      "character (0: a chunk per step).")] = D.stream_interval,

@@ -46,7 +46,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body accepted (413 above).")
     threads: int | None = Field(None, ge=1, description="Torch threads of each model's engine process (default: "
                                 "every core, divided among --workers).")
-    stream_interval: float = Field(0.02, ge=0, description="Least seconds between two chunks of one stream; what "
+    stream_interval: float = Field(0.02, ge=0, description="Seconds between two chunks of one stream (about); what "
                                    "the model writes meanwhile goes out together (0: a chunk per step).")
     api_key: str | None = Field(None, exclude=True, repr=False,
                                 description=f"Bearer key required on /v1 (from ${API_KEY_ENV}).")
