@@ -144,16 +144,20 @@ Reply = Step | Ready | Failed
 
 
 def _encode_array(obj: object) -> object:
+    """msgspec's hook for what msgpack has no type for: numpy arrays, as (dtype, shape,
+    bytes); anything else is a TypeError, as for any value msgspec cannot encode."""
     if isinstance(obj, np.ndarray):
         return obj.dtype.str, obj.shape, obj.tobytes()
-    raise NotImplementedError(f"cannot send a {type(obj).__name__}")
+    raise TypeError(f"cannot send a {type(obj).__name__}")
 
 
 def _decode_array(kind: type, obj: object) -> object:
-    if kind is np.ndarray:
-        dtype, shape, data = obj
-        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
-    raise NotImplementedError(f"cannot receive a {kind}")
+    """The array `_encode_array` sent. A TypeError or ValueError here (a malformed array)
+    reaches the receiver as msgspec's ValidationError, like any other bad message."""
+    if kind is not np.ndarray:
+        raise TypeError(f"cannot receive a {kind}")
+    dtype, shape, data = obj
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
 
 
 def encoder() -> msgspec.msgpack.Encoder:
