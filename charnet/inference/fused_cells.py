@@ -129,7 +129,9 @@ def _half_sigmoid(x):
 # Common arguments: gx and idx (the input projection, see the module docstring), bx (G,)
 # the bias added to gx, gh (R, G) the product of h, bh (G,) the bias added to gh, k the
 # layer, h (and c) the state (L, R, H), updated in place for layer k, and x (R, H) where
-# the new h is written in the next product's dtype.
+# the new h is written in the next product's dtype. Each gate's sum is written out in place:
+# the same sum in an inlined helper indexing the arrays made the step 5-15% slower (the
+# indexing hides from LLVM that the index is non-negative, see `widen`).
 
 @njit(**JIT)
 def rnn(gx, idx, bx, gh, bh, k, h, x):
