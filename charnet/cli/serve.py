@@ -133,8 +133,9 @@ def serve(
     max_score_chars: Annotated[int, Opt(min=2, help="Longest text /v1/score accepts, in characters.")] = D.max_score_chars,
     workers: Annotated[int, Opt(min=1, help="Worker processes on the one port, each with every model.")] = 1,
     max_body_kb: Annotated[int, Opt(min=1, help="Largest request body, KiB (413 above).")] = D.max_body_bytes >> 10,
-    threads: Annotated[Optional[int], Opt(min=1, help="Torch threads of each model's engine process. \\[default: "
-                                                      "the cores divided among --workers]",
+    threads: Annotated[Optional[int], Opt(min=1, help="Torch threads of each model's engine process (one "
+                                                      "while requests arrive, where that gives the same text). "
+                                                      "\\[default: the cores divided among --workers]",
                                           show_default=False)] = D.threads,
     stream_interval: Annotated[float, Opt(min=0, help="Seconds between two chunks of one stream (about): what is "
                                                      "generated meanwhile goes out together, so 64 streams cost "

@@ -65,6 +65,25 @@ def test_rows_do_not_depend_on_their_batch(cell, precision, fused):
         assert torch.equal(stepped(kernel, ids, rows, row, seed=rows), alone), rows
 
 
+@pytest.mark.parametrize("precision", PRECISIONS[1:])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("fused", FUSED)
+def test_bfloat16_rows_do_not_depend_on_the_number_of_threads(cell, precision, fused):
+    """Bit for bit on 1, 2 or 3 torch threads (float32 products can sum in another order
+    on 3, so the engine process checks its own model: `charnet.server.core.threads.same_bits`)."""
+    kernel = StepKernel(model(cell, hidden=256), precision, fused)
+    ids = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(5))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = stepped(kernel, ids, 64, 37)
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            assert torch.equal(stepped(kernel, ids, 64, 37), one), threads
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("fused", FUSED)

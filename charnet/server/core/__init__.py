@@ -11,6 +11,7 @@ the batch. As in vLLM's V1 engine, they are two processes:
   scoring), one `Step` message a round;
 - `process`: the engine process's main: load, warm up, serve commands, exit with the
   API process;
+- `threads`: how many torch threads it steps on (one while requests arrive);
 - `engine_process`: `EngineProcess`, one engine process from the API process's side:
   started from a forkserver, read, watched until it exits, stopped;
 - `client`: `EngineClient`, a model's engine as the API process uses it: restart,

@@ -33,6 +33,7 @@ from charnet.inference.request import GenerationRequest
 from charnet.server.core import protocol
 from charnet.server.core.loop import EngineCore
 from charnet.server.core.protocol import SHUTTING_DOWN, Failed, Ready, Step
+from charnet.server.core.threads import Threads
 from charnet.server.core.wire import Frames, frame
 
 NICENESS = 10
@@ -102,6 +103,7 @@ def main(spec: CoreSpec, channel: socket.socket) -> None:
     try:
         engine = Engine.open(spec.path, spec.device, cache_bytes=spec.cache_bytes)
         warm_up(engine)
+        threads = Threads(spec.threads, engine.kernel, batches=(1, 8, 64, spec.max_concurrency))
     except Exception as e:  # a checkpoint that broke since the server checked it, a device gone
         channel.sendall(frame(encode(Failed(message=" ".join(str(e).split()) or type(e).__name__))))
         channel.close()
@@ -109,14 +111,14 @@ def main(spec: CoreSpec, channel: socket.socket) -> None:
     core = EngineCore(engine, max_concurrency=spec.max_concurrency, max_n=spec.max_n, timeout=spec.timeout)
     try:
         channel.sendall(frame(encode(Ready(pid=os.getpid()))))
-        _serve(core, channel)
+        _serve(core, channel, threads)
     except (BrokenPipeError, ConnectionResetError):  # the API process went while we wrote
         log.warning("the API process is gone; stopping")
     finally:
         channel.close()
 
 
-def _serve(core: EngineCore, channel: socket.socket) -> None:
+def _serve(core: EngineCore, channel: socket.socket, threads: Threads) -> None:
     decode, encode = protocol.commands().decode, protocol.encoder().encode
     frames = Frames()
     sent = time.monotonic()
@@ -130,11 +132,13 @@ def _serve(core: EngineCore, channel: socket.socket) -> None:
                 return
             for payload in frames.feed(data):
                 core.receive(decode(payload))
+            threads.heard()
         if core.stopping:
             last = Step(started=[], events=core.fail_all(SHUTTING_DOWN), stats=protocol.Stats())
             channel.sendall(frame(encode(last if pending is None else pending.merge(last))))
             return
         if core.busy:
+            threads.fit()
             step = core.iterate()
             if step is not None:
                 pending = step if pending is None else pending.merge(step)

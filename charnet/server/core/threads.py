@@ -1,0 +1,76 @@
+"""How many torch threads an engine process steps on: all it was given, but one while
+requests arrive, where its model's steps give the same bits either way."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from charnet.inference.kernel import StepKernel
+
+ARRIVALS_S = 0.005
+"""For this long after commands arrive, the engine steps on one torch thread
+(`Threads`)."""
+
+
+class Threads:
+    """The engine's torch threads: every one it was given, but only one while requests
+    arrive, where the kernel's steps give the same bits on both (`same_bits`).
+
+    Commands come from the API process's event loop, which holds a core while it reads,
+    validates and answers requests. A step on two threads then puts one of them on that
+    core, at lower priority (`charnet.server.core.process.NICENESS`), and every product
+    waits for it at a barrier: at 64 simultaneous arrivals on 2 cores a one-row step
+    took 28 ms instead of 0.3. Stepping on one thread until `ARRIVALS_S` after the last
+    command, in three paired runs: time to first character at 64 clients p99 52-58 ->
+    31-43 ms, p50 43-47 -> 28-31 ms, at one client p50 7-11 -> 4 ms; characters per
+    second -6% to +1% (within the runs' spread). A request's text must not depend on
+    when others arrive, so this is done only where one thread and all of them give the
+    same bits: bfloat16 products (oneDNN divides a product's outputs among threads,
+    never its sums) on 1 to 4 threads, float32 ones on 1 and 2 but not 3 or 4 for some
+    shapes (a Zen 4)."""
+
+    def __init__(self, most: int, kernel: StepKernel, batches: tuple[int, ...] = (1, 8, 64)) -> None:
+        """`batches`: the batch sizes `same_bits` tries."""
+        self.most = most
+        self.varies = most > 1 and same_bits(kernel, most, batches)
+        """Whether steps move between one thread and `most`."""
+        self._heard = -math.inf
+
+    def heard(self) -> None:
+        """Commands have just arrived."""
+        self._heard = time.monotonic()
+
+    def fit(self) -> None:
+        """Set torch's threads for the next step."""
+        if not self.varies:
+            return
+        want = 1 if time.monotonic() - self._heard < ARRIVALS_S else self.most
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+
+
+def same_bits(kernel: StepKernel, threads: int, batches: tuple[int, ...], steps: int = 3) -> bool:
+    """Whether `kernel` computes the same bits on one torch thread as on `threads`, for
+    batches of each of these sizes, from a random state (a product's order of sums
+    depends on its shape and the threads, not on its values). Leaves torch on
+    `threads`."""
+    if kernel.device.type != "cpu":
+        return False  # CPU threads do not run its steps
+    g = torch.Generator().manual_seed(0)
+    try:
+        for rows in sorted({kernel.rows(n) for n in batches}):
+            start = tuple(torch.randn(s.shape, generator=g) for s in kernel.zero_state(rows))
+            tokens = torch.randint(0, kernel.vocab_size, (steps, rows), generator=g)
+            runs = []
+            for t in (1, threads):
+                torch.set_num_threads(t)
+                state = tuple(s.clone() for s in start)
+                runs.append([kernel.step(x, state).clone() for x in tokens] + list(state))
+            if not all(torch.equal(a, b) for a, b in zip(*runs)):
+                return False
+        return True
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,82 @@
+"""The engine process's torch threads: one while requests arrive, all of them otherwise,
+and only where the model's steps give the same bits on both."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from charnet.device import native_bf16
+from charnet.inference.engine import Engine
+from charnet.server.core.threads import ARRIVALS_S, Threads, same_bits
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def kernel(checkpoint):
+    """The trained tiny model's kernel."""
+    return Engine.open(checkpoint).kernel
+
+
+class ThreadBound:
+    """A stand-in kernel whose logits are its number of threads: a product that sums in
+    a different order on more threads, made obvious."""
+
+    device = torch.device("cpu")
+    vocab_size = 3
+
+    def rows(self, n: int) -> int:
+        return n
+
+    def zero_state(self, rows: int) -> tuple[torch.Tensor, ...]:
+        return (torch.zeros(1, rows, 2),)
+
+    def step(self, tokens: torch.Tensor, state) -> torch.Tensor:
+        return torch.full((len(tokens), self.vocab_size), float(torch.get_num_threads()))
+
+
+def test_steps_take_one_thread_while_commands_arrive_then_all_again(kernel):
+    threads = Threads(2, kernel)
+    if not threads.varies:
+        pytest.skip("this machine's products give other bits on one thread than on two for this model")
+    threads.fit()
+    assert torch.get_num_threads() == 2
+    threads.heard()
+    threads.fit()
+    assert torch.get_num_threads() == 1
+    time.sleep(ARRIVALS_S * 1.5)
+    threads.fit()
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bfloat16 products")
+def test_bfloat16_steps_give_the_same_bits_on_any_number_of_threads(kernel):
+    assert kernel.mm_dtype is torch.bfloat16
+    assert all(same_bits(kernel, n, (1, 8, 64)) for n in (2, 3))
+    assert torch.get_num_threads() == 3  # left on the threads asked about
+
+
+def test_a_kernel_whose_bits_depend_on_its_threads_keeps_all_of_them():
+    assert not same_bits(ThreadBound(), 2, (1, 8))
+    threads = Threads(2, ThreadBound())
+    assert not threads.varies
+    threads.heard()
+    threads.fit()
+    assert torch.get_num_threads() == 2
+
+
+def test_one_thread_has_nothing_to_vary(kernel):
+    assert not Threads(1, kernel).varies
+
+
+def test_steps_on_another_device_are_not_compared():
+    assert not same_bits(SimpleNamespace(device=torch.device("meta")), 2, (1,))
