@@ -97,6 +97,7 @@ class EngineProcess:
         theirs.close()  # the engine's copy alone: when it exits, ours reads end of file
         self._socket = ours
         self._writer: asyncio.StreamWriter | None = None
+        self._gone = asyncio.Event()  # set on the event loop once the process has exited
         self._reading = self.loop.create_task(self._read())
         threading.Thread(target=self._watch, name=f"charnet-engine-watch-{spec.name}", daemon=True).start()
 
@@ -148,6 +149,7 @@ class EngineProcess:
             pass
 
     def _exited(self) -> None:
+        self._gone.set()
         self._answer(f"the engine process exited before it was ready (exit code {self.process.exitcode})")
         self._on_exit(self)
 
@@ -168,7 +170,15 @@ class EngineProcess:
         """Kill the process if it still runs, and close its socket."""
         if self.process.is_alive():
             self.process.kill()
-        await asyncio.to_thread(self.process.join, 10)
+        # The exit status is read on the event loop alone (`_exited`, which the watching
+        # thread calls): two threads polling a forkserver's process race for its one
+        # status message, and the one that loses reports exit code 255.
+        try:
+            await asyncio.wait_for(self._gone.wait(), 10)
+        except asyncio.TimeoutError:
+            log.warning("the engine process of %s did not exit within 10 s of its kill", self.spec.name)
+        else:
+            self.process.join(0)
         _RUNNING.discard(self.process)
         self._reading.cancel()
         try:
