@@ -102,6 +102,26 @@ def test_priming_whole_in_pieces_and_stepping_agree(cell, precision, fused):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("fused", FUSED)
+def test_prompts_of_any_length_prime_with_few_product_shapes(precision, fused):
+    """oneDNN keeps about 1 MB for each product shape it has run: prompts of 1 to 150
+    characters must not each leave one behind."""
+    kernel = StepKernel(model("gru"), precision, fused)
+    rows = set()
+    for name, x in (("_bare", 0), ("_affine", 2)):  # where each takes the product's left side
+        product = getattr(kernel, name)
+
+        def recorded(*args, product=product, x=x):
+            rows.add(args[x].shape[0])
+            return product(*args)
+        setattr(kernel, name, recorded)
+    for length in range(1, 151):
+        kernel.prime(torch.randint(0, V, (length,), generator=torch.Generator().manual_seed(length)),
+                     kernel.zero_state(1))
+    assert rows <= {kernel.rows(1)} | {1 << k for k in range(9)}, sorted(rows)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_fused_and_aten_steps_agree_to_rounding(cell, precision):
     """Not bit for bit (the compiled tanh is a polynomial of its own), but within float32
