@@ -136,7 +136,7 @@ class Batch:
             if entry is not None:
                 state, logits = entry.state, entry.logits
             else:
-                state, logits = self.kernel.zero_state(1), torch.zeros(self.kernel.vocab_size, device=self.kernel.device)
+                state, logits = self.kernel.initial()
             if seq.priming:
                 seq.marks = self.cache.digests(seq.prompt_ids, self.cache.marks(start, len(seq.prompt_ids)))
         self._resize(len(self.seqs) + 1)

@@ -183,6 +183,10 @@ class StepKernel:
         return tuple(torch.zeros(self.layers, rows, self.hidden, device=self.device)
                      for _ in range(self.state_tensors))
 
+    def initial(self) -> tuple[State, Tensor]:
+        """One sequence before its first token: its zero state and zero logits (V,)."""
+        return self.zero_state(1), torch.zeros(self.vocab_size, device=self.device)
+
     def weight_bytes(self) -> int:
         """Bytes of weights one step reads (the bound on single-stream speed)."""
         mats = [*self.w_hh, *self.w_ih[1:], self.w_out]

@@ -50,8 +50,6 @@ class PromptCache:
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self.bytes = 0
-        """Bytes of the entries held."""
         self.hits = 0
         self.misses = 0
         self.primed_tokens = 0
@@ -67,6 +65,11 @@ class PromptCache:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the entries held."""
+        return 0 if self._rows is None else len(self._slots) * self._rows.shape[1] * self._rows.element_size()
 
     def reserve(self, state: tuple[Tensor, ...], logits: Tensor) -> None:
         """Take the cache's whole memory now, for entries shaped like `state` and
@@ -140,7 +143,6 @@ class PromptCache:
         self._slots[key] = slot
         self._length[slot] = n
         self._lengths[n] = self._lengths.get(n, 0) + 1
-        self.bytes = len(self._slots) * self._rows.shape[1] * self._rows.element_size()
 
     @staticmethod
     def marks(start: int, n: int) -> list[int]:

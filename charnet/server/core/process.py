@@ -84,8 +84,7 @@ def warm_up(engine: Engine) -> None:
         batch.add(GenerationRequest.of("", max_chars=4, seed=i))
     while len(batch):
         batch.step()
-    kernel = engine.kernel
-    engine.cache.reserve(kernel.zero_state(1), torch.zeros(kernel.vocab_size, device=kernel.device))
+    engine.cache.reserve(*engine.kernel.initial())
 
 
 def main(spec: CoreSpec, channel: socket.socket) -> None:
