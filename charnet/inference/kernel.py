@@ -4,9 +4,12 @@ buffers, one matrix product per layer and step.
 `StepKernel` runs a trained `CharRNN` forward for a batch of sequences, each at its own
 position: ``logits = kernel.step(tokens, state)`` advances every row by one token and
 updates `state` in place. The first layer's input projection is a table lookup (the
-embedding times W_ih plus biases, precomputed for every token), so a step costs one
-(B, H) x (H, G) product per layer for the recurrence, one per deeper layer for its
-input, and the output layer; the state and all elementwise arithmetic stay float32.
+embedding times W_ih plus biases, precomputed for every token); the state and all
+elementwise arithmetic stay float32. On the fused path (below) a step is one product per
+layer: layer k's new h is multiplied at once by the next layer's W_ih (or the output
+layer) and by its own W_hh, stacked, and the second half is carried in the state to the
+next step. On the aten path it is one (B, H) x (H, G) product per layer for the
+recurrence, one per deeper layer for its input, and the output layer.
 
 The element-wise part of each layer (biases, gates, cell update, the conversion of h for
 the next product) runs one of two ways, chosen when the kernel is built (`fused`):
@@ -71,15 +74,15 @@ def environment() -> tuple[str | None, ...]:
 
 
 def _fused_cells():
-    """The compiled cells, or None where the fused step cannot run (numba missing or
-    broken, or turned off by the environment)."""
+    """The compiled cells' module, or None where the fused step cannot run (numba
+    missing or broken, or turned off by the environment)."""
     if os.environ.get(FUSED_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
         from charnet.inference import fused_cells
     except Exception:  # numba absent, or failing to import on this platform
         return None
-    return fused_cells.CELLS
+    return fused_cells
 
 
 def _bits(t: Tensor) -> np.ndarray:
@@ -127,49 +130,60 @@ class StepKernel:
             t[:halved] *= 0.5
             return t.contiguous()
 
-        def matrix(t: Tensor) -> Tensor:  # a gate matrix, (out, in)
-            return self._pack(rows(t))
-
-        self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.peep = [], [], [], [], []
-        for k in range(cfg.layers):
-            if self.cell == "peephole":
-                w_ih, w_hh, bias, peep = rnn.layer(k)
-                b_ih, b_hh = bias, None
-                self.peep.append(peep.detach().float().mul(0.5).contiguous())  # rows p_i, p_f, p_o, halved
-            else:
-                w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
-                b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
-                if self.cell != "gru":  # the GRU keeps b_hn inside the reset product
-                    b_ih, b_hh = b_ih + b_hh, None
-            if k == 0:
-                w_ih0 = rows(w_ih)
-            self.w_ih.append(matrix(w_ih) if k else None)
-            self.w_hh.append(matrix(w_hh))
-            self.b_ih.append(rows(b_ih))
-            self.b_hh.append(rows(b_hh) if b_hh is not None else None)  # GRU: r, z halved, n not
-        with torch.no_grad():
-            # Layer 0 sees only token ids: its input projection is one row per token,
-            # computed once in float32.
-            embed = model.embed.weight.detach().float()
-            self.table = torch.addmm(self.b_ih[0], embed, w_ih0.t()).contiguous()  # (V, G*H)
-            self.w_out = self._pack(model.head.weight.detach().float())
-            self.b_out = model.head.bias.detach().float().contiguous()
-        self._buffers: dict[int, tuple[Tensor, ...]] = {}
         cells = _fused_cells() if self.device.type == "cpu" and fused is not False else None
         if fused and cells is None:
             raise ValueError("the fused step needs the CPU, numba, and CHARNET_FUSED_STEP not set to 0")
         self.fused = cells is not None
         """Whether the element-wise part runs compiled (`charnet.inference.fused_cells`)."""
+        w_ih, w_hh = [], []  # float32 gate rows, layer by layer (w_ih[0] feeds the table)
+        self.b_ih, self.b_hh, self.peep = [], [], []
+        for k in range(cfg.layers):
+            if self.cell == "peephole":
+                w_i, w_h, bias, peep = rnn.layer(k)
+                b_i, b_h = bias, None
+                self.peep.append(peep.detach().float().mul(0.5).contiguous())  # rows p_i, p_f, p_o, halved
+            else:
+                w_i, w_h = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
+                b_i, b_h = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
+                if self.cell != "gru":  # the GRU keeps b_hn inside the reset product
+                    b_i, b_h = b_i + b_h, None
+            w_ih.append(rows(w_i))
+            w_hh.append(rows(w_h))
+            self.b_ih.append(rows(b_i))
+            self.b_hh.append(rows(b_h) if b_h is not None else None)  # GRU: r, z halved, n not
+        head = model.head.weight.detach().float()
+        with torch.no_grad():
+            # Layer 0 sees only token ids: its input projection is one row per token,
+            # computed once in float32.
+            embed = model.embed.weight.detach().float()
+            self.table = torch.addmm(self.b_ih[0], embed, w_ih[0].t()).contiguous()  # (V, G*H)
+            self.b_out = model.head.bias.detach().float().contiguous()
+        self._buffers: dict[int, tuple] = {}
         if self.fused:
-            self._cell_fn = cells[self.cell]
+            # One product per layer and step: layer k's new h feeds the layer above (or
+            # the output layer) now and its own recurrence at the next step, so both
+            # matrices are stacked, [above; w_hh], and the step carries the second half of
+            # the result in its state. A single stream pays a product's fixed cost (about
+            # 16 us in oneDNN here) half as often.
+            self.above = [h * self.gates] * (cfg.layers - 1) + [self.vocab_size]
+            """Rows of each layer's stacked product that feed the layer above (the last:
+            the logits); the rest are the recurrence's, carried to the next step."""
+            self.stacked = [self._pack(torch.cat([w_ih[k + 1] if k + 1 < cfg.layers else head, w_hh[k]]))
+                            for k in range(cfg.layers)]
+            self._cell_fn, self._logits_fn = cells.CELLS[self.cell], cells.logits
             # Products come without biases: layer 0's are in the table, the rest are added
             # by the compiled cell (bx to the input's projection, bh to h's).
             zeros = np.zeros(self.gates * h, dtype=np.float32)
             self._bx = [zeros] + [self.b_ih[k].numpy() for k in range(1, cfg.layers)]
             self._bh = [b.numpy() if b is not None else zeros for b in self.b_hh]
             self._peep = [p.numpy() for p in self.peep]
-            self._table = self.table.numpy()
+            self._table, self._b_out = self.table.numpy(), self.b_out.numpy()
             self._arange = np.arange(256, dtype=np.int64)
+            self._viewed: tuple | None = None  # (state, its arrays): see `_arrays`
+        else:
+            self.w_ih = [None] + [self._pack(w) for w in w_ih[1:]]
+            self.w_hh = [self._pack(w) for w in w_hh]
+            self.w_out = self._pack(head)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -179,9 +193,14 @@ class StepKernel:
         return max(m, -(-n // m) * m)
 
     def zero_state(self, rows: int) -> State:
-        """The initial state of `rows` sequences: tuple of (L, rows, H) zeros."""
-        return tuple(torch.zeros(self.layers, rows, self.hidden, device=self.device)
-                     for _ in range(self.state_tensors))
+        """The initial state of `rows` sequences: the model's, a tuple of (L, rows, H)
+        zeros, and on the fused path, last, the product of each layer's h its next step
+        starts from, (L, rows, G) zeros in the products' dtype (see `stacked`)."""
+        state = tuple(torch.zeros(self.layers, rows, self.hidden, device=self.device)
+                      for _ in range(self.state_tensors))
+        if self.fused:
+            state += (torch.zeros(self.layers, rows, self.gates * self.hidden, dtype=self.mm_dtype),)
+        return state
 
     def initial(self) -> tuple[State, Tensor]:
         """One sequence before its first token: its zero state and zero logits (V,)."""
@@ -189,19 +208,25 @@ class StepKernel:
 
     def weight_bytes(self) -> int:
         """Bytes of weights one step reads (the bound on single-stream speed)."""
-        mats = [*self.w_hh, *self.w_ih[1:], self.w_out]
+        mats = self.stacked if self.fused else [*self.w_hh, *self.w_ih[1:], self.w_out]
         return sum(m.numel() * m.dtype.itemsize for m in mats) + self.table.shape[1] * 4
 
-    def _scratch(self, rows: int) -> tuple[Tensor, ...]:
-        """Buffers of a batch of `rows`: (gates, tmp, gates_h, logits) for the aten path,
-        (gx, x, gh, logits) for the fused one, x (L, rows, H) in the products' dtype."""
+    def _scratch(self, rows: int) -> tuple:
+        """Buffers of a batch of `rows`: (gates, tmp, gates_h, logits) for the aten path;
+        for the fused one (the stacked products' outputs, one per layer in float32, None
+        in bf16 where oneDNN returns its own; x (L, rows, H) in the products' dtype;
+        x's bits (`_bits`); logits)."""
         buf = self._buffers.get(rows)
         if buf is None:
             g, h = self.gates * self.hidden, self.hidden
-            mid = (torch.empty(self.layers, rows, h, dtype=self.mm_dtype) if self.fused
-                   else torch.empty(rows, h, device=self.device))
-            buf = (torch.empty(rows, g, device=self.device), mid,
-                   torch.empty(rows, g, device=self.device), torch.empty(rows, self.vocab_size, device=self.device))
+            if self.fused:
+                outs = [None if self.mm_dtype is torch.bfloat16 else torch.empty(rows, n + g)
+                        for n in self.above]
+                xs = torch.empty(self.layers, rows, h, dtype=self.mm_dtype)
+                buf = (outs, xs, _bits(xs), torch.empty(rows, self.vocab_size))
+            else:
+                buf = (torch.empty(rows, g, device=self.device), torch.empty(rows, h, device=self.device),
+                       torch.empty(rows, g, device=self.device), torch.empty(rows, self.vocab_size, device=self.device))
             if len(self._buffers) >= 4:  # a few sizes: the batch's, priming's, a resize
                 self._buffers.pop(next(iter(self._buffers)))
             self._buffers[rows] = buf
@@ -250,9 +275,9 @@ class StepKernel:
     # -- one step -------------------------------------------------------------------------
 
     def step(self, tokens: Tensor, state: State, out: Tensor | None = None) -> Tensor:
-        """Feed `tokens` (R,) to R sequences whose state (tuple of (L, R, H)) is updated
-        in place; return the next-token logits (R, V): `out`, or a buffer the next call
-        reuses. R must be a value of `rows`. (No autograd to turn off: every tensor the
+        """Feed `tokens` (R,) to R sequences whose state (`zero_state`'s tuple) is
+        updated in place; return the next-token logits (R, V): `out`, or a buffer the
+        next call reuses. R must be a value of `rows`. (No autograd to turn off: every tensor the
         kernel holds is detached, and torch.no_grad would cost a single stream 2% a
         step.)"""
         rows = tokens.shape[0]
@@ -300,19 +325,29 @@ class StepKernel:
         return torch.mul(o, torch.tanh(c, out=tmp), out=h)
 
     def _fused_step(self, tokens: Tensor, state: State, out: Tensor | None) -> Tensor:
+        # Bits and numpy views are taken once per tensor: each view costs a few us, as
+        # much as a layer's element-wise work for one row.
         rows = tokens.shape[0]
-        gx_buf, xs, gh_buf, logits = self._scratch(rows)
-        hs = state[0].to(self.mm_dtype)  # every layer's h as its product reads it
-        arrays = [s.numpy() for s in state]
+        outs, xs, x_bits, logits = self._scratch(rows)
+        arrays, carried = self._arrays(state)
+        gx, idx = self._table, tokens.numpy()
         for k in range(self.layers):
-            gh = self._bare(hs[k], self.w_hh[k], gh_buf)
-            if k == 0:
-                gx, idx = self._table, tokens.numpy()
-            else:
-                gx, idx = _bits(self._bare(xs[k - 1], self.w_ih[k], gx_buf)), self._positions(rows)
-            self._fused_layer(k, gx, idx, _bits(gh), arrays, _bits(xs[k]))
+            self._fused_layer(k, gx, idx, carried[k], arrays, x_bits[k])
+            # The layer above reads its gates' columns, the first G, of the whole product.
+            gx, idx = _bits(self._bare(xs[k], self.stacked[k], outs[k])), self._positions(rows)
+            carried[k] = gx[:, self.above[k]:]
         out = logits if out is None else out
-        return torch.add(self.b_out, self._bare(xs[-1], self.w_out, out), out=out)
+        self._logits_fn(gx, self._b_out, out.numpy())
+        return out
+
+    def _arrays(self, state: State) -> tuple[list[np.ndarray], np.ndarray]:
+        """`state` as the compiled cells read it: the model's tensors, and the carried
+        products' bits. A batch steps the same tuple until it resizes, so the last one's
+        views are kept (with the tuple: its identity cannot pass to another meanwhile)."""
+        if self._viewed is None or self._viewed[0] is not state:
+            *model_state, carried = state
+            self._viewed = (state, [s.numpy() for s in model_state], _bits(carried))
+        return self._viewed[1], self._viewed[2]
 
     def _fused_layer(self, k: int, gx: np.ndarray, idx: np.ndarray, gh: np.ndarray, state: list[np.ndarray],
                      x: np.ndarray) -> None:
@@ -329,25 +364,27 @@ class StepKernel:
     # -- priming --------------------------------------------------------------------------
 
     def _prime_rows(self, steps: int) -> int:
-        """Rows of the products that project a prompt of `steps` positions at once: the
-        next power of two (and at least `rows(steps)`). oneDNN keeps a primitive, about
-        1 MB here, for each shape it has run, up to 1,024 of them: one per prompt length
-        grew a server by 180 MB over prompts of 2 to 201 characters. A row's bits do not
-        depend on the rows beside it, so the padding changes nothing but the memory."""
+        """Rows of the products that project a prompt of `steps` positions at once (the
+        aten path): the next power of two (and at least `rows(steps)`). oneDNN keeps a
+        primitive, about 1 MB here, for each shape it has run, up to 1,024 of them: one
+        per prompt length grew a server by 180 MB over prompts of 2 to 201 characters.
+        A row's bits do not depend on the rows beside it, so the padding changes nothing
+        but the memory."""
         return max(self.rows(steps), 1 << (steps - 1).bit_length())
 
     @torch.no_grad()
     def prime(self, ids: Tensor, state: State) -> Tensor:
-        """Run one sequence (its state: tuple of (L, 1, H), updated in place) over `ids`
-        (T,), T >= 1; return the logits after the last id (V,).
+        """Run one sequence (its state: `zero_state(1)`'s tuple, updated in place) over
+        `ids` (T,), T >= 1; return the logits after the last id (V,).
 
-        Layer by layer over the whole prompt: each layer's input projection for all T
-        positions is one matrix product, then its recurrence steps through them, with
-        exactly the arithmetic of `step`, so priming in pieces equals priming whole and
-        equals generating the same characters."""
+        Layer by layer over the whole prompt, with exactly the arithmetic of `step`, so
+        priming in pieces equals priming whole and equals generating the same
+        characters: on the aten path each layer's input projection for all T positions
+        is one matrix product, then its recurrence steps through them; on the fused path
+        each position's stacked product also gives the layer above its input."""
         steps = ids.shape[0]
         rows = self.rows(1)
-        work = tuple(torch.zeros(self.layers, rows, self.hidden, device=self.device) for _ in range(self.state_tensors))
+        work = self.zero_state(rows)
         for w, s in zip(work, state):
             w[:, 0] = s[:, 0]
         if self.fused:
@@ -373,28 +410,27 @@ class StepKernel:
         return self._affine(torch.empty(rows, self.vocab_size, device=self.device), self.b_out, last, self.w_out)[0]
 
     def _fused_prime(self, ids: Tensor, state: State, work: State) -> Tensor:
-        """`prime` with the compiled cells: per layer, the input's projection for every
-        position in one product, then for each position h's product and the cell, as
-        `_fused_step` computes them for a batch of `rows(1)`."""
+        """`prime` with the compiled cells: layer by layer, for each position the cell
+        and the layer's stacked product on one row, as `_fused_step` computes them for a
+        batch of `rows(1)`; the part for the layer above is kept for every position."""
         steps, rows = ids.shape[0], self.rows(1)
-        _, xs, gh_buf, _ = self._scratch(rows)
-        arrays = [w.numpy() for w in work]
+        outs, xs, x_bits, logits = self._scratch(rows)
+        arrays, carried = self._arrays(work)
         one = np.zeros(rows, dtype=np.int64)  # the projection's row for row 0 (padding rows: any)
-        below = None  # the layer below's h at every position, in the products' dtype
+        gx, at = self._table, ids.numpy()
         for k in range(self.layers):
-            if k == 0:
-                gx, at = self._table, ids.numpy()
-            else:
-                proj = self._bare(below, self.w_ih[k], torch.empty(len(below), self.gates * self.hidden))
-                gx, at = _bits(proj), self._positions(steps)
-            outputs = torch.zeros(self._prime_rows(steps), self.hidden, dtype=self.mm_dtype)
-            x = _bits(xs[k])
+            n = self.above[k]
+            above = np.empty((steps, n), dtype=x_bits.dtype) if k + 1 < self.layers else None
             for t in range(steps):
-                gh = self._bare(work[0][k].to(self.mm_dtype), self.w_hh[k], gh_buf)
                 one[0] = at[t]
-                self._fused_layer(k, gx, one, _bits(gh), arrays, x)
-                outputs[t] = xs[k][0]
-            below = outputs
+                self._fused_layer(k, gx, one, carried[k], arrays, x_bits[k])
+                product = _bits(self._bare(xs[k], self.stacked[k], outs[k]))
+                carried[k] = product[:, n:]
+                if above is not None:
+                    above[t] = product[0, :n]
+            if above is not None:
+                gx, at = above, self._positions(steps)
         for w, s in zip(work, state):
             s[:, 0] = w[:, 0]
-        return (self._bare(xs[-1], self.w_out, torch.empty(rows, self.vocab_size)) + self.b_out)[0]
+        self._logits_fn(product, self._b_out, logits.numpy())
+        return logits[0].clone()

@@ -123,6 +123,23 @@ def test_prompts_of_any_length_prime_with_few_product_shapes(precision, fused):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("cell", CELLS)
+def test_a_fused_step_is_one_product_per_layer(cell, precision):
+    """Each product has a fixed cost (about 16 us in oneDNN) that a single stream pays
+    per call: a layer's h meets the next layer's input weights (or the output layer) and
+    its own recurrent weights in one product, whose second half the state carries."""
+    m = CharRNN(ModelConfig(vocab_size=V, cell=cell, hidden=32, embedding=16, layers=3, dropout=0.0)).eval()
+    kernel = StepKernel(m, precision, fused=True)
+    calls = []
+    product = kernel._bare
+    kernel._bare = lambda *args: calls.append(args[0].shape) or product(*args)
+    state = kernel.zero_state(kernel.rows(1))
+    kernel.step(torch.zeros(kernel.rows(1), dtype=torch.long), state)
+    assert len(calls) == 3
+    assert len(state) == m.config.state_tensors + 1 and state[-1].shape == (3, kernel.rows(1), kernel.gates * 32)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("cell", CELLS)
 def test_fused_and_aten_steps_agree_to_rounding(cell, precision):
     """Not bit for bit (the compiled tanh is a polynomial of its own), but within float32
     rounding over 40 steps, and in the same row order."""

@@ -62,7 +62,7 @@ def same_bits(kernel: StepKernel, threads: int, batches: tuple[int, ...], steps:
     g = torch.Generator().manual_seed(0)
     try:
         for rows in sorted({kernel.rows(n) for n in batches}):
-            start = tuple(torch.randn(s.shape, generator=g) for s in kernel.zero_state(rows))
+            start = tuple(torch.randn(s.shape, generator=g).to(s.dtype) for s in kernel.zero_state(rows))
             tokens = torch.randint(0, kernel.vocab_size, (steps, rows), generator=g)
             runs = []
             for t in (1, threads):
