@@ -69,11 +69,15 @@ class CoreSpec:
     log_level: str = "warning"
 
 
-def warm_up(engine: Engine) -> None:
+def warm_up(engine: Engine, max_concurrency: int, thread_counts: tuple[int, ...]) -> None:
     """Generate a few characters for two and eight sequences, priming a prompt alone and
     beside others, so the first request pays no compilation or first-call set-up; with
-    a cache of its own, so the server's cache and its counters start empty. Then take
-    the whole prompt cache's memory (`PromptCache.reserve`): the process's memory under
+    a cache of its own, so the server's cache and its counters start empty. Then step a
+    throwaway batch of every size up to `max_concurrency` on each of `thread_counts`
+    (torch is left on the last): oneDNN builds what a product of a new shape needs the
+    first time it runs one (about 0.5 MB a shape here) and keeps it, so a server grew by
+    up to 140 MB as its batch passed through sizes it had not had yet. Then take the
+    whole prompt cache's memory (`PromptCache.reserve`): the process's memory under
     load is what it has when it says it is ready."""
     batch = Batch(engine.kernel, engine.vocab, PromptCache(max_bytes=0),
                   document_start=engine.checkpoint.document_start)
@@ -84,7 +88,12 @@ def warm_up(engine: Engine) -> None:
         batch.add(GenerationRequest.of("", max_chars=4, seed=i))
     while len(batch):
         batch.step()
-    engine.cache.reserve(*engine.kernel.initial())
+    kernel = engine.kernel
+    for count in thread_counts:
+        torch.set_num_threads(count)
+        for rows in sorted({kernel.rows(n) for n in range(1, max_concurrency + 1)}):
+            kernel.step(torch.zeros(rows, dtype=torch.long, device=kernel.device), kernel.zero_state(rows))
+    engine.cache.reserve(*kernel.initial())
 
 
 def main(spec: CoreSpec, channel: socket.socket) -> None:
@@ -101,8 +110,8 @@ def main(spec: CoreSpec, channel: socket.socket) -> None:
     encode = protocol.encoder().encode
     try:
         engine = Engine.open(spec.path, spec.device, cache_bytes=spec.cache_bytes)
-        warm_up(engine)
         threads = Threads(spec.threads, engine.kernel, batches=(1, 8, 64, spec.max_concurrency))
+        warm_up(engine, spec.max_concurrency, threads.counts)
     except Exception as e:  # a checkpoint that broke since the server checked it, a device gone
         channel.sendall(frame(encode(Failed(message=" ".join(str(e).split()) or type(e).__name__))))
         channel.close()

@@ -39,6 +39,11 @@ class Threads:
         """Whether steps move between one thread and `most`."""
         self._heard = -math.inf
 
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """The thread counts steps run on, `most` last."""
+        return (1, self.most) if self.varies else (self.most,)
+
     def heard(self) -> None:
         """Commands have just arrived."""
         self._heard = time.monotonic()
