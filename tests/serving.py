@@ -61,9 +61,12 @@ def checkpoint(models_dir) -> Path:
 
 
 def settings_for(models_dir: Path, **overrides) -> Settings:
+    """The settings of an in-process app: one engine process per model unless asked (a
+    start is two processes' worth of CPU); real servers (`start_server`) keep the
+    default."""
     from charnet.cli.serve import resolve_models
 
-    return Settings(models=resolve_models([str(models_dir)]), **{"max_chars_cap": 2000, **overrides})
+    return Settings(models=resolve_models([str(models_dir)]), **{"max_chars_cap": 2000, "engines": 1, **overrides})
 
 
 class AppClient:

@@ -133,10 +133,13 @@ def serve(
     max_score_chars: Annotated[int, Opt(min=2, help="Longest text /v1/score accepts, in characters.")] = D.max_score_chars,
     workers: Annotated[int, Opt(min=1, help="Worker processes on the one port, each with every model.")] = 1,
     max_body_kb: Annotated[int, Opt(min=1, help="Largest request body, KiB (413 above).")] = D.max_body_bytes >> 10,
-    threads: Annotated[Optional[int], Opt(min=1, help="Torch threads of each model's engine process (one "
-                                                      "while requests arrive, where that gives the same text). "
-                                                      "\\[default: the cores divided among --workers]",
-                                          show_default=False)] = D.threads,
+    threads: Annotated[Optional[int], Opt(min=1, help="Torch threads of each model's engine processes, divided "
+                                                      "among those with work (one while requests arrive, where "
+                                                      "that gives the same text). \\[default: the cores divided "
+                                                      "among --workers]", show_default=False)] = D.threads,
+    engines: Annotated[Optional[int], Opt(min=1, help="Engine processes per model; each request goes to the one "
+                                                      "holding the fewest sequences. \\[default: 2 on a CPU with "
+                                                      "2 threads or more, else 1]", show_default=False)] = D.engines,
     stream_interval: Annotated[float, Opt(min=0, help="Seconds between two chunks of one stream (about): what is "
                                                      "generated meanwhile goes out together, so 64 streams cost "
                                                      "the server a few thousand frames a second, not one per "
@@ -158,7 +161,7 @@ def serve(
                         max_n=max_n, max_prompt_chars=max_prompt_chars, max_response_tokens=max_response_tokens,
                         request_timeout=request_timeout, cache_mb=cache_mb, max_score_chars=max_score_chars,
                         max_body_bytes=max_body_kb << 10, stream_interval=stream_interval,
-                        threads=threads or max(1, (os.cpu_count() or 1) // workers))
+                        threads=threads or max(1, (os.cpu_count() or 1) // workers), engines=engines)
     _check_port(host, port)
     os.environ.update(settings.to_env())  # how worker processes get the settings
     keyed = "with" if os.environ.get(API_KEY_ENV) else "without"

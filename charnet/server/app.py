@@ -1,7 +1,7 @@
 """The app factory: ``uvicorn --factory charnet.server.app:create_app``.
 
 `create_app(settings)` builds a FastAPI app whose lifespan reads every model's checkpoint
-(for its vocabulary, card and ONNX export), starts one engine process per model
+(for its vocabulary, card and ONNX export), starts each model's engine processes
 (`charnet.server.core`), and stops them on shutdown. Without settings it reads them from
 the environment (`Settings.from_env`), which is how each ``--workers`` process gets them.
 Everything an app holds (models, engine processes, metrics) is its own: two apps in one
@@ -89,7 +89,7 @@ def _checkpoints(settings: Settings) -> dict[str, Checkpoint]:
 
 
 async def _load(settings: Settings, metrics: Metrics) -> dict[str, Model]:
-    """Every model whose checkpoint loads and whose engine process starts (all started
+    """Every model whose checkpoint loads and whose engine processes start (all started
     at once), as served models."""
     # Reading and hashing the weights: off the event loop.
     checkpoints = await asyncio.to_thread(_checkpoints, settings)

@@ -2,9 +2,9 @@
 
 Per model: running and waiting requests, characters generated, time to first
 character, inter-character and end-to-end latency, client disconnects, timeouts, the
-prompt-state cache's hits, misses, entries and bytes, and whether its engine process is
-up and how often it was restarted. What the engine process counts reaches here with each
-of its steps (`charnet.server.core.client`). Per route: requests by status code, counted
+prompt-state cache's hits, misses, entries and bytes, how many of its engine processes
+are up and how often one was restarted. What the engine processes count reaches here with
+each of their steps (`charnet.server.core.client`). Per route: requests by status code, counted
 by an ASGI middleware.
 """
 
@@ -62,10 +62,10 @@ class Metrics:
                                  registry=r)
         self.cache_entries = Gauge("charnet_prompt_cache_entries", "States held by the prompt-state cache.",
                                    ["model"], registry=r)
-        self.engine_up = Gauge("charnet_engine_up", "1 while the model's engine process serves, else 0.", ["model"],
-                               registry=r)
-        self.engine_restarts = Counter("charnet_engine_restarts", "Times the model's engine process was started "
-                                       "again after it stopped.", ["model"], registry=r)
+        self.engine_up = Gauge("charnet_engine_up", "The model's engine processes that serve now (--engines "
+                               "when all do).", ["model"], registry=r)
+        self.engine_restarts = Counter("charnet_engine_restarts", "Times one of the model's engine processes was "
+                                       "started again after it stopped.", ["model"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

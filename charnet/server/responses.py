@@ -124,5 +124,5 @@ class Health(BaseModel):
     status: str
     models: list[str] = Field(default_factory=list, description="Models served.")
     pid: int = Field(description="The answering process: tells replicas and workers apart.")
-    engines: dict[str, int | None] = Field(default_factory=dict, description="Each model's engine process (null "
-                                           "while it is being started again).")
+    engines: dict[str, list[int]] = Field(default_factory=dict, description="Each model's engine processes that "
+                                          "serve now (one being started again is missing).")

@@ -44,9 +44,12 @@ class Settings(BaseModel):
     cache_mb: float = Field(64.0, ge=0, description="Prompt-state cache size per model, in MiB.")
     max_score_chars: int = Field(20_000, ge=2, description="Longest text /v1/score accepts, in characters.")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body accepted (413 above).")
-    threads: int | None = Field(None, ge=1, description="Torch threads of each model's engine process (default: "
-                                "every core, divided among --workers); one while requests arrive, where the "
-                                "model's steps give the same bits on one as on all.")
+    threads: int | None = Field(None, ge=1, description="Torch threads of each model's engine processes (default: "
+                                "every core, divided among --workers), divided among those with work; one while "
+                                "requests arrive, where the model's steps give the same bits on one as on all.")
+    engines: int | None = Field(None, ge=1, description="Engine processes per model, each request sent to the one "
+                                "holding the fewest sequences (default: two on a CPU with two threads or more, "
+                                "else one).")
     stream_interval: float = Field(0.02, ge=0, description="Seconds between two chunks of one stream (about); what "
                                    "the model writes meanwhile goes out together (0: a chunk per step).")
     api_key: str | None = Field(None, exclude=True, repr=False,

@@ -41,7 +41,7 @@ async def test_docs_openapi_and_root(make_app):
 async def test_two_apps_in_one_process_share_nothing(make_app):
     async with make_app() as a, make_app() as b:
         await a.client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2})
-        pids = {a.state.models[MODEL].core.pid, b.state.models[MODEL].core.pid}
+        pids = {*a.state.models[MODEL].core.pids, *b.state.models[MODEL].core.pids}
         assert len(pids) == 2 and os.getpid() not in pids  # an engine process each
         ours, theirs = [(await api.client.get("/metrics")).text for api in (a, b)]
         assert metric(ours, "charnet_generated_chars_total", model=MODEL) == 2

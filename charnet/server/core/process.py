@@ -32,7 +32,7 @@ from charnet.inference.prompt_cache import PromptCache
 from charnet.inference.request import GenerationRequest
 from charnet.server.core import protocol
 from charnet.server.core.loop import EngineCore
-from charnet.server.core.protocol import SHUTTING_DOWN, Failed, Ready, Step
+from charnet.server.core.protocol import SHUTTING_DOWN, Failed, Ready, Share, Step
 from charnet.server.core.threads import Threads
 from charnet.server.core.wire import Frames, frame
 
@@ -62,7 +62,9 @@ class CoreSpec:
     timeout: float
     """The server's --request-timeout (each request brings its own deadline)."""
     threads: int
-    """Torch threads for the model's steps."""
+    """Torch threads for the model's steps, while its other engine processes are idle."""
+    engines: int = 1
+    """The model's engine processes, which share `threads` among those with work."""
     env: dict[str, str]
     """charnet's environment variables in the API process now (a forkserver's children
     would otherwise see the environment it started with)."""
@@ -110,7 +112,8 @@ def main(spec: CoreSpec, channel: socket.socket) -> None:
     encode = protocol.encoder().encode
     try:
         engine = Engine.open(spec.path, spec.device, cache_bytes=spec.cache_bytes)
-        threads = Threads(spec.threads, engine.kernel, batches=(1, 8, 64, spec.max_concurrency))
+        threads = Threads(spec.threads, engine.kernel, batches=(1, 8, 64, spec.max_concurrency),
+                          engines=spec.engines)
         warm_up(engine, spec.max_concurrency, threads.counts)
     except Exception as e:  # a checkpoint that broke since the server checked it, a device gone
         channel.sendall(frame(encode(Failed(message=" ".join(str(e).split()) or type(e).__name__))))
@@ -139,7 +142,11 @@ def _serve(core: EngineCore, channel: socket.socket, threads: Threads) -> None:
                 log.warning("the API process is gone; stopping")
                 return
             for payload in frames.feed(data):
-                core.receive(decode(payload))
+                command = decode(payload)
+                if isinstance(command, Share):
+                    threads.lend(command.threads)
+                else:
+                    core.receive(command)
             threads.heard()
         if core.stopping:
             last = Step(started=[], events=core.fail_all(SHUTTING_DOWN), stats=protocol.Stats())

@@ -5,7 +5,7 @@ ZeroMQ). Messages are msgpack, encoded and decoded by msgspec against these type
 vLLM's engine core does: several times faster than pickle for the per-step batches, and
 a malformed or unexpected message is a decoding error, never code run from a socket.
 
-API process -> engine: `Generate`, `ScoreText`, `Cancel`, `Shutdown`.
+API process -> engine: `Generate`, `ScoreText`, `Cancel`, `Share`, `Shutdown`.
 Engine -> API process: `Ready` once loaded, `Failed` if it could not load, then `Step`s:
 the requests that started (their `Choice`s), every `Out` of every row at once, and the
 engine's counters (`Stats`). A round of the engine loop with news sends its Step at once
@@ -85,11 +85,18 @@ class Cancel(msgspec.Struct, tag=True):
     job: int
 
 
+class Share(msgspec.Struct, tag=True):
+    """Step on this many torch threads from now on (the model's engines divide the cores
+    among those with work: `charnet.server.core.client`)."""
+
+    threads: int
+
+
 class Shutdown(msgspec.Struct, tag=True):
     """End every request with a 503 and exit."""
 
 
-Command = Generate | ScoreText | Cancel | Shutdown
+Command = Generate | ScoreText | Cancel | Share | Shutdown
 
 
 # -- engine -> API process ------------------------------------------------------------------

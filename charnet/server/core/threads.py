@@ -1,5 +1,6 @@
-"""How many torch threads an engine process steps on: all it was given, but one while
-requests arrive, where its model's steps give the same bits either way."""
+"""How many torch threads an engine process steps on: its share of those it was given
+(all of them while the model's other engine processes are idle), but one while requests
+arrive, where its model's steps give the same bits either way."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ ARRIVALS_S = 0.005
 
 
 class Threads:
-    """The engine's torch threads: every one it was given, but only one while requests
-    arrive, where the kernel's steps give the same bits on both (`same_bits`).
+    """The engine's torch threads: its share of those it was given (`lend`), but only
+    one while requests arrive, where the kernel's steps give the same bits on every
+    count it may take (`same_bits`); elsewhere always the same count, `most` divided
+    among the model's engines.
 
     Commands come from the API process's event loop, which holds a core while it reads,
     validates and answers requests. A step on two threads then puts one of them on that
@@ -32,17 +35,28 @@ class Threads:
     never its sums) on 1 to 4 threads, float32 ones on 1 and 2 but not 3 or 4 for some
     shapes (a Zen 4)."""
 
-    def __init__(self, most: int, kernel: StepKernel, batches: tuple[int, ...] = (1, 8, 64)) -> None:
-        """`batches`: the batch sizes `same_bits` tries."""
+    def __init__(self, most: int, kernel: StepKernel, batches: tuple[int, ...] = (1, 8, 64), engines: int = 1) -> None:
+        """`most`: the threads of the process; `batches`: the batch sizes `same_bits`
+        tries; `engines`: the model's engine processes, which divide the threads among
+        those with work (`lend`)."""
         self.most = most
-        self.varies = most > 1 and same_bits(kernel, most, batches)
-        """Whether steps move between one thread and `most`."""
+        shares = {max(1, most // k) for k in range(1, engines + 1)}
+        self.varies = most > 1 and all(same_bits(kernel, most, batches, t) for t in sorted({1} | shares) if t < most)
+        """Whether steps move between thread counts (one, a share, `most`)."""
+        self.share = most if self.varies else max(1, most // engines)
+        """The threads steps take when no command has just arrived."""
+        self._shares = sorted({1} | shares) if self.varies else [self.share]
         self._heard = -math.inf
 
     @property
     def counts(self) -> tuple[int, ...]:
-        """The thread counts steps run on, `most` last."""
-        return (1, self.most) if self.varies else (self.most,)
+        """The thread counts steps run on, `most` (or the fixed share) last."""
+        return tuple(self._shares)
+
+    def lend(self, threads: int) -> None:
+        """Step on `threads` (at most `most`) from now on, where steps may move."""
+        if self.varies:
+            self.share = min(max(1, threads), self.most)
 
     def heard(self) -> None:
         """Commands have just arrived."""
@@ -50,16 +64,14 @@ class Threads:
 
     def fit(self) -> None:
         """Set torch's threads for the next step."""
-        if not self.varies:
-            return
-        want = 1 if time.monotonic() - self._heard < ARRIVALS_S else self.most
+        want = 1 if self.varies and time.monotonic() - self._heard < ARRIVALS_S else self.share
         if torch.get_num_threads() != want:
             torch.set_num_threads(want)
 
 
-def same_bits(kernel: StepKernel, threads: int, batches: tuple[int, ...], steps: int = 3) -> bool:
-    """Whether `kernel` computes the same bits on one torch thread as on `threads`, for
-    batches of each of these sizes, from a random state (a product's order of sums
+def same_bits(kernel: StepKernel, threads: int, batches: tuple[int, ...], fewer: int = 1, steps: int = 3) -> bool:
+    """Whether `kernel` computes the same bits on `fewer` torch threads as on `threads`,
+    for batches of each of these sizes, from a random state (a product's order of sums
     depends on its shape and the threads, not on its values). Leaves torch on
     `threads`."""
     if kernel.device.type != "cpu":
@@ -70,7 +82,7 @@ def same_bits(kernel: StepKernel, threads: int, batches: tuple[int, ...], steps:
             start = tuple(torch.randn(s.shape, generator=g).to(s.dtype) for s in kernel.zero_state(rows))
             tokens = torch.randint(0, kernel.vocab_size, (steps, rows), generator=g)
             runs = []
-            for t in (1, threads):
+            for t in (fewer, threads):
                 torch.set_num_threads(t)
                 state = tuple(s.clone() for s in start)
                 runs.append([kernel.step(x, state).clone() for x in tokens] + list(state))

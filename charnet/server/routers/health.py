@@ -18,8 +18,8 @@ from charnet.server.responses import Health
 router = APIRouter(tags=["operations"])
 
 
-def _engines(state: ServerState) -> dict[str, int | None]:
-    return {name: model.core.pid for name, model in state.models.items()}
+def _engines(state: ServerState) -> dict[str, list[int]]:
+    return {name: model.core.pids for name, model in state.models.items()}
 
 
 @router.get("/health", response_model=Health)
@@ -31,7 +31,7 @@ async def health(state: State) -> Health:
 
 @router.get("/ready", response_model=Health, responses={503: ERRORS[503]})
 async def ready(state: State) -> Response:
-    """Readiness: 200 once every model is loaded and its engine process runs; 503 before
+    """Readiness: 200 once every model is loaded and its engine processes run; 503 before
     that, while shutting down, or while an engine process that stopped is started again.
     Route traffic on this."""
     alive = state.ready and all(m.core.ready for m in state.models.values())

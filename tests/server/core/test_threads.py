@@ -80,3 +80,26 @@ def test_one_thread_has_nothing_to_vary(kernel):
 
 def test_steps_on_another_device_are_not_compared():
     assert not same_bits(SimpleNamespace(device=torch.device("meta")), 2, (1,))
+
+
+def test_engines_divide_the_threads_among_those_with_work(kernel):
+    """Lent on the fly, where every count gives the same bits."""
+    threads = Threads(2, kernel, engines=2)
+    if not threads.varies:
+        pytest.skip("this machine's products give other bits on one thread than on two for this model")
+    assert threads.counts == (1, 2) and threads.share == 2
+    threads.lend(1)
+    threads.fit()
+    assert torch.get_num_threads() == 1
+    threads.lend(8)  # never more than it was given
+    threads.fit()
+    assert torch.get_num_threads() == 2
+
+
+def test_engines_whose_bits_depend_on_their_threads_keep_their_part():
+    fixed = Threads(2, ThreadBound(), engines=2)
+    assert not fixed.varies and fixed.counts == (1,)
+    fixed.lend(2)
+    fixed.heard()
+    fixed.fit()
+    assert torch.get_num_threads() == 1
