@@ -35,13 +35,15 @@ class Threads:
     never its sums) on 1 to 4 threads, float32 ones on 1 and 2 but not 3 or 4 for some
     shapes (a Zen 4)."""
 
-    def __init__(self, most: int, kernel: StepKernel, batches: tuple[int, ...] = (1, 8, 64), engines: int = 1) -> None:
+    def __init__(self, most: int, kernel: StepKernel, batches: tuple[int, ...] = (1, 8, 64),
+                 engines: int = 1) -> None:
         """`most`: the threads of the process; `batches`: the batch sizes `same_bits`
         tries; `engines`: the model's engine processes, which divide the threads among
         those with work (`lend`)."""
         self.most = most
         shares = {max(1, most // k) for k in range(1, engines + 1)}
-        self.varies = most > 1 and all(same_bits(kernel, most, batches, t) for t in sorted({1} | shares) if t < most)
+        self.varies = most > 1 and all(same_bits(kernel, most, batches, fewer)
+                                       for fewer in sorted({1} | shares) if fewer < most)
         """Whether steps move between thread counts (one, a share, `most`)."""
         self.share = most if self.varies else max(1, most // engines)
         """The threads steps take when no command has just arrived."""
@@ -54,9 +56,10 @@ class Threads:
         return tuple(self._shares)
 
     def lend(self, threads: int) -> None:
-        """Step on `threads` (at most `most`) from now on, where steps may move."""
+        """Step on `threads` from now on (the most of the counts checked that is not
+        more), where steps may move."""
         if self.varies:
-            self.share = min(max(1, threads), self.most)
+            self.share = max(t for t in self._shares if t <= max(1, threads))
 
     def heard(self) -> None:
         """Commands have just arrived."""
