@@ -115,8 +115,9 @@ def serve(
              "\\[default: every checkpoint under the checkpoint roots]", show_default=False)] = None,
     host: Annotated[str, Opt(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
     port: Annotated[int, Opt(min=1, max=65535, help="Port to listen on.")] = 8000,
-    max_concurrency: Annotated[int, Opt(min=1, help="Sequences generated at once per model (the batch); a "
-                                                    "request takes prompts x n.")] = D.max_concurrency,
+    max_concurrency: Annotated[int, Opt(min=1, help="Sequences generated at once per model (its batches, "
+                                                    "divided among its engines); a request takes prompts x "
+                                                    "n.")] = D.max_concurrency,
     max_queue: Annotated[int, Opt(min=0, help="Sequences that may wait for a slot per model; beyond, 429.")] = D.max_queue,
     max_chars_cap: Annotated[int, Opt(min=1, max=MAX_CHARS, help="Largest max_tokens / length a request may ask "
                                                                  "for.")] = D.max_chars_cap,

@@ -30,7 +30,8 @@ class Settings(BaseModel):
 
     models: dict[str, str] = Field(default_factory=dict, description="Model name -> checkpoint directory.")
     device: str = Field("cpu", description="Device the models run on.")
-    max_concurrency: int = Field(64, ge=1, description="Sequences generated at once per model (the batch).")
+    max_concurrency: int = Field(64, ge=1, description="Sequences generated at once per model (its batches, "
+                                 "divided among its engine processes).")
     max_queue: int = Field(256, ge=0, description="Sequences that may wait for a slot per model before 429.")
     max_chars_cap: int = Field(4096, ge=1, le=MAX_CHARS, description="Largest max_tokens / length a request may "
                                                                       "ask for.")

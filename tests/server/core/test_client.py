@@ -120,6 +120,17 @@ async def test_a_models_engines_share_its_requests_and_one_killed_spares_the_oth
         assert sample(api, "charnet_engine_up") == 2 and sample(api, "charnet_engine_restarts_total") == 1
 
 
+async def test_max_concurrency_bounds_the_rows_of_all_a_models_engines_together(make_app):
+    async with make_app(max_chars_cap=100_000, engines=2, max_concurrency=4) as api:
+        body = {"model": MODEL, "prompt": "x", "n": 2, "max_tokens": 100_000, "stream": True}
+        streams = [asyncio.create_task(api.client.post("/v1/completions", json=body)) for _ in range(3)]
+        await until(lambda: sample(api, "charnet_requests_running") + sample(api, "charnet_requests_waiting") == 3)
+        await asyncio.sleep(0.3)  # several steps: no more rows than that, though six sequences want one
+        assert sample(api, "charnet_batch_sequences") == 4
+        for task in streams:
+            task.cancel()
+
+
 def stream_in_thread(url: str, body: dict, first: threading.Event, out: list) -> threading.Thread:
     """Stream a completion in a thread: `first` set at its first chunk, the frames in `out`."""
     def run() -> None:
