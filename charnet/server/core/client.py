@@ -3,10 +3,10 @@ restart.
 
 An `EngineClient` starts the model's engine processes (`--engines` of them:
 `charnet.server.core.engine_process`), answers admission at once (429 when the model's
-running slots and queue are full, 503 while an engine is down or the server shuts down),
-sends each admitted request to the engine holding the fewest sequences, and hands each
-request the events of that engine's `Step`s, on the event loop. The engines' counters
-become the app's Prometheus metrics.
+running slots and queue are full, 503 while none of its engines runs or the server shuts
+down), sends each admitted request to the engine holding the fewest sequences, and hands
+each request the events of that engine's `Step`s, on the event loop. The engines'
+counters become the app's Prometheus metrics.
 
 The engines divide the model's torch threads among those with work (`Share`): one busy
 engine steps on all of them, two on half each. Two one-thread engines of 32 streams
