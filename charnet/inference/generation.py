@@ -32,8 +32,8 @@ FINISH_ERROR = "error"
 `Sequence.error`) and the other sequences carry on."""
 
 Snapshot = tuple[tuple[Tensor, ...], Tensor]
-"""A sequence's recurrent state (each (L, 1, H)) and its next-token logits (V,), held
-while it has no row in a batch."""
+"""A sequence's state (`StepKernel.zero_state(1)`'s tuple) and its next-token logits
+(V,), held while it has no row in a batch."""
 
 
 @dataclass(kw_only=True)

@@ -41,7 +41,7 @@ DEFAULT_MAX_BYTES = 64 << 20
 class Entry(NamedTuple):
     """A cached state: views into the cache's memory, valid until its next `put`."""
 
-    state: tuple[Tensor, ...]  # each (L, 1, H)
+    state: tuple[Tensor, ...]  # as `StepKernel.zero_state(1)`
     logits: Tensor  # (V,)
 
 
