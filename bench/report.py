@@ -261,12 +261,13 @@ def serve_section(results: dict, report: Path, plots_dir: Path, stem: str) -> li
     base = rows[0]["chars_per_s"] if rows[0]["clients"] == 1 else None
     lines += [f"`charnet serve` with `{data.get('model')}`, {data.get('chars_per_client')} characters per streaming "
               f"client, {data.get('rounds', 1)} rounds per level, each against the engine alone (the same model, "
-              "threads and streams, in the benchmark's process). The clients run in a process of their own "
+              "threads and streams, in the benchmark's process); loop / engine is the same streams through the server's "
+              "engine loop in that process, without processes or HTTP. The clients run in a process of their own "
               "(`bench/load_client.py`). Times in ms, p50 / p99; CPU in seconds per 1,000 characters.", ""]
-    lines += _table(["clients", "engine chars/s", "server chars/s", "server / engine", "vs 1 client",
+    lines += _table(["clients", "engine chars/s", "server chars/s", "server / engine", "loop / engine", "vs 1 client",
                      "first char", "headers", "server CPU (API + engine)", "client CPU", "errors"],
                     [[r["clients"], _num(r["engine_chars_per_s"]), _num(r["chars_per_s"]),
-                      _num(r["server_over_engine"], ".2f", "x"),
+                      _num(r["server_over_engine"], ".2f", "x"), _num(r["loop_over_engine"], ".2f", "x"),
                       _num(r["chars_per_s"] / base if base and r["chars_per_s"] else None, ".1f", "x"),
                       _pair(r["ttfc_p50_ms"], r["ttfc_p99_ms"], ".1f"),
                       _pair(r["headers_p50_ms"], r["headers_p99_ms"], ".1f"),

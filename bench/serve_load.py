@@ -10,9 +10,13 @@ the machine's speed fall on both alike:
 - engine alone: the same model in this process (`Engine`, as many torch threads as the
   server's engine process), the level's streams generated as one batch, each client's
   prompt, seed and length;
+- engine loop: the same streams through the server's engine loop (`EngineCore`: fair
+  shares, deadlines, one message a round) in this process, with no process or HTTP
+  around it: what the loop itself costs, apart from what crosses processes;
 - server: that many streaming clients started together, one completion of --chars
   characters each, from `bench.load_client` in a process of its own.
-Reported per level: chars/s of each (medians over the rounds) and server / engine; time
+Reported per level: chars/s of each (medians over the rounds), server / engine and
+loop / engine; time
 to first character and to the response headers, p50 and p99 over every round's streams;
 the server's CPU seconds per 1,000 characters (its API process, and its engine
 processes); the load generator's own CPU seconds; errors.
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -137,6 +142,24 @@ def engine_alone(engine, clients: int, chars: int) -> float:
     return clients * chars / (time.perf_counter() - start)
 
 
+def engine_loop(engine, clients: int, chars: int) -> float:
+    """Aggregate chars/s of the same streams through `EngineCore`, one request each, run
+    until the last ends (their output read only at the end, as a request that is not
+    streamed)."""
+    from charnet.inference.request import GenerationRequest
+    from charnet.server.core.loop import EngineCore
+    from charnet.server.core.protocol import Generate
+
+    core = EngineCore(engine, max_concurrency=max(clients, 1), max_n=1, timeout=3600)
+    for i in range(clients):
+        request = GenerationRequest.of(PROMPTS[i % len(PROMPTS)], max_chars=chars, temperature=1.0, seed=i)
+        core.receive(Generate(job=i, groups=[(request, 1)], timeout=3600, pace=math.inf))
+    start = time.perf_counter()
+    while core.busy:
+        core.iterate()
+    return clients * chars / (time.perf_counter() - start)
+
+
 def load(url: str, model: str, clients: int, chars: int, headers: dict[str, str], seconds: float | None = None,
          watch=None) -> dict:
     """Run `bench.load_client` in a process of its own; what it reported. `watch` is
@@ -178,7 +201,7 @@ def ms(values: list[float], q: float) -> float | None:
     return round(percentile(values, q) * 1e3, 1) if values else None
 
 
-def level_row(clients: int, engine_rates: list[float], rounds: list[dict]) -> dict:
+def level_row(clients: int, engine_rates: list[float], loop_rates: list[float], rounds: list[dict]) -> dict:
     """The figures of one level over its rounds."""
     streams = [s for r in rounds for s in r["streams"]]
     chars = sum(r["chars"] for r in rounds)
@@ -187,6 +210,7 @@ def level_row(clients: int, engine_rates: list[float], rounds: list[dict]) -> di
     heads = [s["headers"] for s in streams if s["headers"] is not None]
     server = statistics.median(r["chars_per_s"] for r in rounds)
     engine = statistics.median(engine_rates) if engine_rates else None
+    loop = statistics.median(loop_rates) if loop_rates else None
 
     def per_kchar(key: str) -> float | None:
         values = [r[key] for r in rounds]
@@ -196,6 +220,8 @@ def level_row(clients: int, engine_rates: list[float], rounds: list[dict]) -> di
     return {"clients": clients, "chars": chars, "rounds": len(rounds), "chars_per_s": round(server, 1),
             "engine_chars_per_s": round(engine, 1) if engine else None,
             "server_over_engine": round(server / engine, 3) if engine else None,
+            "loop_chars_per_s": round(loop, 1) if loop else None,
+            "loop_over_engine": round(loop / engine, 3) if engine and loop else None,
             "per_client_chars_per_s": round(server / clients, 1),
             "ttfc_p50_ms": ms(ttfc, 50), "ttfc_p99_ms": ms(ttfc, 99),
             "headers_p50_ms": ms(heads, 50), "headers_p99_ms": ms(heads, 99),
@@ -268,23 +294,26 @@ def main(argv: list[str] | None = None) -> int:
         if engine is not None:
             for clients in (1, 2):
                 engine_alone(engine, clients, 16)
+                engine_loop(engine, clients, 16)
         rss_before = rss_mb(pid) if pid else None
         print(f"model {model}: {info.get('cell')} {info.get('layers')}x{info.get('hidden')}, {args.chars} characters "
               f"per client, {os.cpu_count()} CPUs, {args.rounds} rounds a level", flush=True)
-        print(f"{'clients':>7} {'engine':>9} {'server':>9} {'ratio':>6} {'TTFC p50':>9} {'p99':>7} {'headers p50':>11} "
+        print(f"{'clients':>7} {'engine':>9} {'loop':>6} {'server':>9} {'ratio':>6} {'TTFC p50':>9} {'p99':>7} {'headers p50':>11} "
               f"{'p99':>7} {'server CPU':>10} {'client CPU':>10} {'errors':>6}")
         rows = []
         for clients in levels:
-            engine_rates, rounds = [], []
+            engine_rates, loop_rates, rounds = [], [], []
             for _ in range(args.rounds):
                 if engine is not None:
                     engine_rates.append(engine_alone(engine, clients, args.chars))
+                    loop_rates.append(engine_loop(engine, clients, args.chars))
                 rounds.append(server_level(url, model, clients, args.chars, headers, pid))
-            row = level_row(clients, engine_rates, rounds)
+            row = level_row(clients, engine_rates, loop_rates, rounds)
             row["ratio_vs_1"] = round(row["chars_per_s"] / rows[0]["chars_per_s"], 2) if rows else 1.0
             rows.append(row)
             cpu = row["server_cpu_s_per_kchar"]
-            print(f"{clients:>7} {row['engine_chars_per_s'] or float('nan'):>9.0f} {row['chars_per_s']:>9.0f} "
+            print(f"{clients:>7} {row['engine_chars_per_s'] or float('nan'):>9.0f} "
+                  f"{row['loop_over_engine'] or float('nan'):>5.2f}x {row['chars_per_s']:>9.0f} "
                   f"{row['server_over_engine'] or float('nan'):>5.2f}x {row['ttfc_p50_ms']:>6} ms "
                   f"{row['ttfc_p99_ms']:>4} ms {row['headers_p50_ms']:>8} ms {row['headers_p99_ms']:>4} ms "
                   f"{'' if cpu is None else f'{cpu:.3f}':>7} s/k {row['client_cpu_s_per_kchar']:>7.3f} s/k "

@@ -3,8 +3,8 @@
 Started by `charnet.server.core.client.EngineClient` (from a forkserver that has already
 imported this module, so a start or restart costs a fork and a model load, not a Python
 start-up), with its end of a socket pair (`charnet.server.core.wire`). It reads
-`Command`s and writes `Step`s; while the batch has work it looks for commands between
-steps without waiting, and while idle it blocks on them.
+`Command`s (a thread of its own reads them: `charnet.server.core.wire.Inbox`) and writes
+`Step`s; it takes what has arrived before every step, and while idle it waits for it.
 
 It exits on `Shutdown` (after failing what was running with a 503), or as soon as the API
 process is gone: its end of the socket reads end of file when that process exits,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 import sys
@@ -34,7 +33,7 @@ from charnet.server.core import protocol
 from charnet.server.core.loop import EngineCore
 from charnet.server.core.protocol import SHUTTING_DOWN, Failed, Ready, Share, Step
 from charnet.server.core.threads import Threads
-from charnet.server.core.wire import Frames, frame
+from charnet.server.core.wire import Inbox, frame
 
 NICENESS = 10
 """The engine process runs at this much lower priority than the API process. The API's
@@ -130,29 +129,32 @@ def main(spec: CoreSpec, channel: socket.socket) -> None:
 
 
 def _serve(core: EngineCore, channel: socket.socket, threads: Threads) -> None:
-    decode, encode = protocol.commands().decode, protocol.encoder().encode
-    frames = Frames()
+    encode = protocol.encoder().encode
+    inbox = Inbox(channel, protocol.commands().decode)
     sent = time.monotonic()
     pending: Step | None = None  # news not sent yet
     while True:
-        # Busy: look whether commands came, without waiting. Idle: wait for them.
-        if select.select([channel], [], [], 0 if core.busy else None)[0]:
-            data = channel.recv(1 << 16)
-            if not data:  # end of file: the API process is gone
-                log.warning("the API process is gone; stopping")
-                return
-            for payload in frames.feed(data):
-                command = decode(payload)
+        busy = core.busy
+        if not busy:
+            inbox.wait()
+        if inbox.items or inbox.closed:
+            commands = inbox.take()
+            for command in commands:
                 if isinstance(command, Share):
                     threads.lend(command.threads)
                 else:
                     core.receive(command)
-            threads.heard()
+            if commands:
+                threads.heard()
+                busy = core.busy
         if core.stopping:
             last = Step(started=[], events=core.fail_all(SHUTTING_DOWN), stats=protocol.Stats())
             channel.sendall(frame(encode(last if pending is None else pending.merge(last))))
             return
-        if core.busy:
+        if inbox.closed and not inbox.items:  # the API process is gone
+            log.warning("the API process is gone; stopping")
+            return
+        if busy:
             threads.fit()
             step = core.iterate()
             if step is not None:

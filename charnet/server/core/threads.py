@@ -42,8 +42,7 @@ class Threads:
         those with work (`lend`)."""
         self.most = most
         shares = {max(1, most // k) for k in range(1, engines + 1)}
-        self.varies = most > 1 and all(same_bits(kernel, most, batches, fewer)
-                                       for fewer in sorted({1} | shares) if fewer < most)
+        self.varies = most > 1 and same_bits(kernel, most, batches, tuple(sorted(({1} | shares) - {most})))
         """Whether steps move between thread counts (one, a share, `most`)."""
         self.share = most if self.varies else max(1, most // engines)
         """The threads steps take when no command has just arrived."""
@@ -72,25 +71,30 @@ class Threads:
             torch.set_num_threads(want)
 
 
-def same_bits(kernel: StepKernel, threads: int, batches: tuple[int, ...], fewer: int = 1, steps: int = 3) -> bool:
-    """Whether `kernel` computes the same bits on `fewer` torch threads as on `threads`,
-    for batches of each of these sizes, from a random state (a product's order of sums
-    depends on its shape and the threads, not on its values). Leaves torch on
-    `threads`."""
+def same_bits(kernel: StepKernel, threads: int, batches: tuple[int, ...], fewer: tuple[int, ...] = (1,),
+              steps: int = 3) -> bool:
+    """Whether `kernel` computes the same bits on each of the `fewer` torch thread counts
+    as on `threads`, for batches of each of these sizes, from a random state (a
+    product's order of sums depends on its shape and the threads, not on its values).
+    The steps on `threads` run once, and every count is compared with them. Leaves torch
+    on `threads`."""
     if kernel.device.type != "cpu":
         return False  # CPU threads do not run its steps
     g = torch.Generator().manual_seed(0)
+
+    def run(count: int, start: tuple[torch.Tensor, ...], tokens: torch.Tensor) -> list[torch.Tensor]:
+        torch.set_num_threads(count)
+        state = tuple(s.clone() for s in start)
+        return [kernel.step(x, state).clone() for x in tokens] + list(state)
+
     try:
         for rows in sorted({kernel.rows(n) for n in batches}):
             start = tuple(torch.randn(s.shape, generator=g).to(s.dtype) for s in kernel.zero_state(rows))
             tokens = torch.randint(0, kernel.vocab_size, (steps, rows), generator=g)
-            runs = []
-            for t in (fewer, threads):
-                torch.set_num_threads(t)
-                state = tuple(s.clone() for s in start)
-                runs.append([kernel.step(x, state).clone() for x in tokens] + list(state))
-            if not all(torch.equal(a, b) for a, b in zip(*runs)):
-                return False
+            reference = run(threads, start, tokens)
+            for count in fewer:
+                if not all(torch.equal(a, b) for a, b in zip(run(count, start, tokens), reference)):
+                    return False
         return True
     finally:
         torch.set_num_threads(threads)

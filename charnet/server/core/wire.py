@@ -14,7 +14,14 @@ file), however it went.
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+
+log = logging.getLogger("charnet.server")
 
 HEADER = struct.Struct("<I")
 """Each frame's length, in bytes."""
@@ -50,3 +57,49 @@ async def read_frame(reader: asyncio.StreamReader) -> bytes:
     """The next frame; `asyncio.IncompleteReadError` at the end of the stream."""
     (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
     return await reader.readexactly(size)
+
+
+class Inbox:
+    """Messages read off a blocking socket by a thread of its own, decoded and queued.
+
+    The engine looks for commands before every step. Asking the socket (a `select` call a
+    round) cost one streaming client 6% of its speed on 2 cores, in the engine process
+    alone (5,654 against 6,015 chars/s, medians of six paired runs): a system call a
+    step, and what it evicts. Looking at `items` costs nothing; the thread sleeps in
+    `recv` until bytes come, and takes the interpreter lock while the step's products run
+    without it (39 us from the bytes' arrival to their decoding, median; 123 us p99)."""
+
+    def __init__(self, channel: socket.socket, decode: Callable[[bytes], object]) -> None:
+        self.items: deque = deque()
+        """What has arrived, oldest first (`take` empties it)."""
+        self.closed = False
+        """Nothing more will come: the other end closed, or sent a frame that would not
+        decode (set after the last item is queued)."""
+        self._arrived = threading.Event()
+        threading.Thread(target=self._read, args=(channel, decode), name="charnet-inbox", daemon=True).start()
+
+    def wait(self) -> None:
+        """Block until something has arrived, or the socket has closed, since the last
+        wait (it may return at once for what a `take` since has already taken)."""
+        self._arrived.wait()
+        self._arrived.clear()  # what comes after this is in `items` or sets it again
+
+    def take(self) -> list:
+        """Everything queued, oldest first."""
+        items = self.items
+        return [items.popleft() for _ in range(len(items))]
+
+    def _read(self, channel: socket.socket, decode: Callable[[bytes], object]) -> None:
+        frames = Frames()
+        try:
+            while data := channel.recv(1 << 16):
+                for payload in frames.feed(data):
+                    self.items.append(decode(payload))
+                self._arrived.set()
+        except OSError:  # the socket closed under us: this process is ending
+            pass
+        except Exception:  # a message that does not decode: a bug, so stop listening
+            log.exception("a message from the other process could not be read")
+        finally:
+            self.closed = True
+            self._arrived.set()

@@ -1,16 +1,19 @@
 """Frames between the API process and an engine process: whatever way the bytes arrive
 (split anywhere, several frames at once), each side reads exactly the frames written,
-over a real socket pair, and the end of the stream is told apart from a frame."""
+over a real socket pair, and the end of the stream is told apart from a frame; the
+engine's inbox queues what a thread reads, in order, and says when nothing more comes."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import socket
+import threading
+import time
 
 import pytest
 
-from charnet.server.core.wire import Frames, frame, read_frame
+from charnet.server.core.wire import Frames, Inbox, frame, read_frame
 
 PAYLOADS = [b"", b"x", bytes(range(256)) * 300, "ROMEO: ü 🙂".encode(), b"\x00\x00\x00\x00"]
 
@@ -46,3 +49,60 @@ async def test_read_frame_over_a_socket_pair_until_the_peer_is_gone():
             await read_frame(reader)
     finally:
         writer.close()
+
+
+def test_an_inbox_queues_decoded_messages_in_order_then_closes_at_the_end():
+    ours, theirs = socket.socketpair()
+    inbox = Inbox(ours, lambda payload: payload.decode())
+    texts = ["ROMEO: ü 🙂", "", "x" * 100_000]
+    stream = b"".join(frame(t.encode()) for t in texts)
+    theirs.sendall(stream[:7])  # split mid-frame: nothing is queued until a frame is whole
+    theirs.sendall(stream[7:])
+    got = []
+    while len(got) < len(texts):
+        inbox.wait()
+        got += inbox.take()
+    assert got == texts and not inbox.closed
+    theirs.close()
+    inbox.wait()
+    deadline = time.monotonic() + 10
+    while not inbox.closed and time.monotonic() < deadline:
+        inbox.wait()
+    assert inbox.closed and inbox.take() == []
+    ours.close()
+
+
+def test_an_inbox_waits_again_once_what_woke_it_is_taken():
+    """The engine takes commands between steps without waiting; once idle it must sleep
+    until the next one, not wake again for those it has already taken."""
+    ours, theirs = socket.socketpair()
+    inbox = Inbox(ours, lambda payload: payload.decode())
+    theirs.sendall(frame(b"one"))
+    deadline = time.monotonic() + 10
+    while not inbox.items and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.05)  # the reader has announced it too
+    assert inbox.take() == ["one"]
+    inbox.wait()  # the announcement of what was taken
+    woke = []
+    waiter = threading.Thread(target=lambda: (inbox.wait(), woke.append(inbox.take())), daemon=True)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and not woke  # asleep: nothing new has come
+    theirs.sendall(frame(b"two"))
+    waiter.join(10)
+    assert woke == [["two"]]
+    ours.close()
+    theirs.close()
+
+
+def test_an_inbox_stops_at_a_message_that_does_not_decode():
+    ours, theirs = socket.socketpair()
+    inbox = Inbox(ours, lambda payload: payload.decode())
+    theirs.sendall(frame(b"fine") + frame(b"\xff\xfe") + frame(b"never read"))
+    deadline = time.monotonic() + 10
+    while not inbox.closed and time.monotonic() < deadline:
+        inbox.wait()
+    assert inbox.closed and inbox.take() == ["fine"]
+    ours.close()
+    theirs.close()
