@@ -61,16 +61,17 @@ def train_figures(data: dict | None, flops: dict | None) -> dict:
     return {"cells": out, "shape": shape, "peephole_over_lstm": data.get("ratios", {}).get("peephole/lstm")}
 
 
-SERVE_KEYS = ("clients", "chars_per_s", "engine_chars_per_s", "server_over_engine", "loop_over_engine", "ttfc_p50_ms", "ttfc_p99_ms",
-              "headers_p50_ms", "headers_p99_ms", "server_cpu_s_per_kchar", "api_cpu_s_per_kchar",
+SERVE_KEYS = ("clients", "chars_per_s", "engine_chars_per_s", "server_over_engine", "loop_over_engine", "ttfc_p50_ms",
+              "ttfc_p99_ms", "headers_p50_ms", "headers_p99_ms", "server_cpu_s_per_kchar", "api_cpu_s_per_kchar",
               "engine_cpu_s_per_kchar", "client_cpu_s_per_kchar", "errors")
 
 
 def serve_figures(data: dict | None) -> list[dict]:
     """The concurrency sweep, a row per client count: the server's and its engine's
-    chars/s and their ratio, the engine loop's ratio to the engine, time to first character and to the response headers,
-    CPU per 1,000 characters (server, its API and engine processes, the load
-    generator), errors. A figure older results lack is None."""
+    chars/s and their ratio, the engine loop's ratio to the engine, time to first
+    character and to the response headers, CPU per 1,000 characters (server, its API
+    and engine processes, the load generator), errors. A figure older results lack is
+    None."""
     return [{k: row.get(k) for k in SERVE_KEYS}
             for row in sorted((data or {}).get("levels", []), key=lambda r: r["clients"])]
 

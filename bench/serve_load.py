@@ -16,10 +16,9 @@ the machine's speed fall on both alike:
 - server: that many streaming clients started together, one completion of --chars
   characters each, from `bench.load_client` in a process of its own.
 Reported per level: chars/s of each (medians over the rounds), server / engine and
-loop / engine; time
-to first character and to the response headers, p50 and p99 over every round's streams;
-the server's CPU seconds per 1,000 characters (its API process, and its engine
-processes); the load generator's own CPU seconds; errors.
+loop / engine; time to first character and to the response headers, p50 and p99 over
+every round's streams; the server's CPU seconds per 1,000 characters (its API process,
+and its engine processes); the load generator's own CPU seconds; errors.
 
 Then a soak: --soak-clients clients streaming one completion after another for --soak
 seconds: errors, and the server's memory (proportional set size summed over all its
