@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = rss_mb(pid) if pid else None
         print(f"model {model}: {info.get('cell')} {info.get('layers')}x{info.get('hidden')}, {args.chars} characters "
               f"per client, {os.cpu_count()} CPUs, {args.rounds} rounds a level", flush=True)
-        print(f"{'clients':>7} {'engine':>9} {'loop':>6} {'server':>9} {'ratio':>6} {'TTFC p50':>9} {'p99':>7} {'headers p50':>11} "
-              f"{'p99':>7} {'server CPU':>10} {'client CPU':>10} {'errors':>6}")
+        print(f"{'clients':>7} {'engine':>9} {'loop':>6} {'server':>9} {'ratio':>6} {'TTFC p50':>9} {'p99':>7} "
+              f"{'headers p50':>11} {'p99':>7} {'server CPU':>10} {'client CPU':>10} {'errors':>6}")
         rows = []
         for clients in levels:
             engine_rates, loop_rates, rounds = [], [], []

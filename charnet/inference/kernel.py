@@ -38,7 +38,7 @@ PyTorch's vectorised and scalar sigmoid differ in the last bit (and which one an
 gets depends on how a tensor is split) while its tanh does not; the fused loop runs the
 same instructions at every element, so any formula would do, and it keeps this one to
 share the packed weights. Priming uses the same arithmetic as generation, so every path
-through the engine yields identical states.
+through the engine yields identical states. The products themselves: `products`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from charnet.cells import State
 from charnet.config import PRECISIONS
 from charnet.device import native_bf16
 from charnet.flops import GATES
+from charnet.inference.products import Products
 from charnet.model import CharRNN
 
 
@@ -110,6 +111,7 @@ class StepKernel:
         if precision not in PRECISIONS[1:]:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         self.mm_dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        self.products = Products(self.mm_dtype)
         self.row_multiple = 1 if precision == "bfloat16" else 8
         rnn = model.rnn
         h = cfg.hidden
@@ -168,7 +170,8 @@ class StepKernel:
             self.above = [h * self.gates] * (cfg.layers - 1) + [self.vocab_size]
             """Rows of each layer's stacked product that feed the layer above (the last:
             the logits); the rest are the recurrence's, carried to the next step."""
-            self.stacked = [self._pack(torch.cat([w_ih[k + 1] if k + 1 < cfg.layers else head, w_hh[k]]))
+            pack = self.products.pack
+            self.stacked = [pack(torch.cat([w_ih[k + 1] if k + 1 < cfg.layers else head, w_hh[k]]))
                             for k in range(cfg.layers)]
             self._cell_fn, self._logits_fn = cells.CELLS[self.cell], cells.logits
             # Products come without biases: layer 0's are in the table, the rest are added
@@ -181,9 +184,9 @@ class StepKernel:
             self._arange = np.arange(256, dtype=np.int64)
             self._viewed: tuple | None = None  # (state, its arrays): see `_arrays`
         else:
-            self.w_ih = [None] + [self._pack(w) for w in w_ih[1:]]
-            self.w_hh = [self._pack(w) for w in w_hh]
-            self.w_out = self._pack(head)
+            self.w_ih = [None] + [self.products.pack(w) for w in w_ih[1:]]
+            self.w_hh = [self.products.pack(w) for w in w_hh]
+            self.w_out = self.products.pack(head)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -232,46 +235,6 @@ class StepKernel:
             self._buffers[rows] = buf
         return buf
 
-    # -- products -------------------------------------------------------------------------
-
-    def _pack(self, w: Tensor) -> Tensor:
-        """A float32 (out, in) weight matrix in the form `_product` reads. In bf16,
-        oneDNN's pre-packed layout where available: a product then skips the per-call
-        reorder of the weights, nearly halving a single stream's step."""
-        if self.mm_dtype is torch.float32:
-            return w.contiguous()
-        w = w.to(torch.bfloat16).contiguous()
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
-            linear = torch.ops.mkldnn._linear_pointwise.default  # looked up once: a few us a call
-            self._linear = lambda x, p: linear(x, p, None, "none", [], "")
-            return packed
-        except (AttributeError, RuntimeError):  # a build without oneDNN's packed linear
-            self._linear = torch.nn.functional.linear
-            return w
-
-    def _product(self, x: Tensor, w: Tensor) -> Tensor:
-        """x @ w.T in the products' precision (bfloat16 only: float32 uses addmm)."""
-        return self._linear(x.to(torch.bfloat16), w)
-
-    def _affine(self, out: Tensor, bias: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """out = bias + x @ w.T."""
-        if self.mm_dtype is torch.float32:
-            return torch.addmm(bias, x, w.t(), out=out)
-        return torch.add(bias, self._product(x, w), out=out)
-
-    def _accumulate(self, out: Tensor, x: Tensor, w: Tensor) -> Tensor:
-        """out += x @ w.T."""
-        if self.mm_dtype is torch.float32:
-            return out.addmm_(x, w.t())
-        return out.add_(self._product(x, w))
-
-    def _bare(self, x: Tensor, w: Tensor, out: Tensor) -> Tensor:
-        """x @ w.T without a bias: into `out` in float32, a new bfloat16 tensor in bf16."""
-        if self.mm_dtype is torch.float32:
-            return torch.mm(x, w.t(), out=out)
-        return self._linear(x, w)
-
     # -- one step -------------------------------------------------------------------------
 
     def step(self, tokens: Tensor, state: State, out: Tensor | None = None) -> Tensor:
@@ -290,9 +253,9 @@ class StepKernel:
             if k == 0:
                 torch.index_select(self.table, 0, tokens, out=gates)
             else:
-                self._affine(gates, self.b_ih[k], x, self.w_ih[k])
+                self.products.affine(gates, self.b_ih[k], x, self.w_ih[k])
             x = self._cell(k, gates, gates_h, tmp, state)
-        return self._affine(logits if out is None else out, self.b_out, x, self.w_out)
+        return self.products.affine(logits if out is None else out, self.b_out, x, self.w_out)
 
     def _cell(self, k: int, gates: Tensor, gates_h: Tensor, tmp: Tensor, state: State) -> Tensor:
         """Finish layer k from its input projection `gates`; return the new h (a view
@@ -300,12 +263,12 @@ class StepKernel:
         h_dim = self.hidden
         h = state[0][k]
         if self.cell == "gru":
-            self._affine(gates_h, self.b_hh[k], h, self.w_hh[k])
+            self.products.affine(gates_h, self.b_hh[k], h, self.w_hh[k])
             rz = _half_sigmoid_(gates[:, : 2 * h_dim].add_(gates_h[:, : 2 * h_dim]))
             r, z = rz[:, :h_dim], rz[:, h_dim:]
             n = gates[:, 2 * h_dim:].addcmul_(r, gates_h[:, 2 * h_dim:]).tanh_()
             return h.sub_(n).mul_(z).add_(n)  # (1 - z) * n + z * h
-        self._accumulate(gates, h, self.w_hh[k])
+        self.products.accumulate(gates, h, self.w_hh[k])
         if self.cell == "rnn":
             return h.copy_(gates.tanh_())
         c = state[1][k]
@@ -334,7 +297,7 @@ class StepKernel:
         for k in range(self.layers):
             self._fused_layer(k, gx, idx, carried[k], arrays, x_bits[k])
             # The layer above reads its gates' columns, the first G, of the whole product.
-            gx, idx = _bits(self._bare(xs[k], self.stacked[k], outs[k])), self._positions(rows)
+            gx, idx = _bits(self.products.bare(xs[k], self.stacked[k], outs[k])), self._positions(rows)
             carried[k] = gx[:, self.above[k]:]
         out = logits if out is None else out
         self._logits_fn(gx, self._b_out, out.numpy())
@@ -398,8 +361,8 @@ class StepKernel:
             if k == 0:
                 proj = self.table.index_select(0, ids)
             else:
-                proj = self._affine(torch.empty(len(outputs), self.gates * self.hidden, device=self.device),
-                                    self.b_ih[k], outputs, self.w_ih[k])
+                proj = self.products.affine(torch.empty(len(outputs), self.gates * self.hidden, device=self.device),
+                                            self.b_ih[k], outputs, self.w_ih[k])
             for t in range(steps):
                 gates[0].copy_(proj[t])
                 outputs[t].copy_(self._cell(k, gates, gates_h, tmp, work)[0])
@@ -407,7 +370,8 @@ class StepKernel:
             s[:, 0] = w[:, 0]
         last = torch.zeros(rows, self.hidden, device=self.device)
         last[0] = outputs[steps - 1]
-        return self._affine(torch.empty(rows, self.vocab_size, device=self.device), self.b_out, last, self.w_out)[0]
+        logits = torch.empty(rows, self.vocab_size, device=self.device)
+        return self.products.affine(logits, self.b_out, last, self.w_out)[0]
 
     def _fused_prime(self, ids: Tensor, state: State, work: State) -> Tensor:
         """`prime` with the compiled cells: layer by layer, for each position the cell
@@ -424,7 +388,7 @@ class StepKernel:
             for t in range(steps):
                 one[0] = at[t]
                 self._fused_layer(k, gx, one, carried[k], arrays, x_bits[k])
-                product = _bits(self._bare(xs[k], self.stacked[k], outs[k]))
+                product = _bits(self.products.bare(xs[k], self.stacked[k], outs[k]))
                 carried[k] = product[:, n:]
                 if above is not None:
                     above[t] = product[0, :n]

@@ -108,13 +108,13 @@ def test_prompts_of_any_length_prime_with_few_product_shapes(precision, fused):
     characters must not each leave one behind."""
     kernel = StepKernel(model("gru"), precision, fused)
     rows = set()
-    for name, x in (("_bare", 0), ("_affine", 2)):  # where each takes the product's left side
-        product = getattr(kernel, name)
+    for name, x in (("bare", 0), ("affine", 2)):  # where each takes the product's left side
+        product = getattr(kernel.products, name)
 
         def recorded(*args, product=product, x=x):
             rows.add(args[x].shape[0])
             return product(*args)
-        setattr(kernel, name, recorded)
+        setattr(kernel.products, name, recorded)
     for length in range(1, 151):
         kernel.prime(torch.randint(0, V, (length,), generator=torch.Generator().manual_seed(length)),
                      kernel.zero_state(1))
@@ -130,8 +130,8 @@ def test_a_fused_step_is_one_product_per_layer(cell, precision):
     m = CharRNN(ModelConfig(vocab_size=V, cell=cell, hidden=32, embedding=16, layers=3, dropout=0.0)).eval()
     kernel = StepKernel(m, precision, fused=True)
     calls = []
-    product = kernel._bare
-    kernel._bare = lambda *args: calls.append(args[0].shape) or product(*args)
+    product = kernel.products.bare
+    kernel.products.bare = lambda *args: calls.append(args[0].shape) or product(*args)
     state = kernel.zero_state(kernel.rows(1))
     kernel.step(torch.zeros(kernel.rows(1), dtype=torch.long), state)
     assert len(calls) == 3

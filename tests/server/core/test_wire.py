@@ -57,6 +57,8 @@ def test_an_inbox_queues_decoded_messages_in_order_then_closes_at_the_end():
     texts = ["ROMEO: ü 🙂", "", "x" * 100_000]
     stream = b"".join(frame(t.encode()) for t in texts)
     theirs.sendall(stream[:7])  # split mid-frame: nothing is queued until a frame is whole
+    time.sleep(0.05)
+    assert not inbox.items and not inbox.closed
     theirs.sendall(stream[7:])
     got = []
     while len(got) < len(texts):
@@ -64,7 +66,6 @@ def test_an_inbox_queues_decoded_messages_in_order_then_closes_at_the_end():
         got += inbox.take()
     assert got == texts and not inbox.closed
     theirs.close()
-    inbox.wait()
     deadline = time.monotonic() + 10
     while not inbox.closed and time.monotonic() < deadline:
         inbox.wait()
