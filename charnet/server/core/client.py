@@ -104,7 +104,6 @@ class EngineClient:
     def __init__(self, name: str, path: str, settings: Settings, metrics: Metrics) -> None:
         self.name, self.path, self.settings = name, path, settings
         self._replicas = [_Replica(i) for i in range(engines(settings))]
-        self._owner: dict[int, _Replica] = {}  # job id -> the replica it was sent to
         self._ids = itertools.count(1)
         self._held = 0  # sequences of the generation requests sent and not ended (admission)
         self._scoring = 0  # score requests sent and not ended
@@ -267,7 +266,6 @@ class EngineClient:
     def _send(self, replica: _Replica, job: Job, command: Generate | ScoreText) -> None:
         replica.jobs[job.id] = job
         replica.held += self._slots(job)
-        self._owner[job.id] = replica
         self._share()  # before the request: the engine steps on its share from its first step
         replica.send(command)
 
@@ -278,15 +276,15 @@ class EngineClient:
     def cancel(self, job: Job) -> None:
         """Stop a request now (its client went away): its slots free at once, and it
         leaves the batch before the engine's next step."""
-        replica = self._owner.get(job.id)
-        if replica is None or replica.jobs.pop(job.id, None) is None:
+        replica = next((r for r in self._replicas if job.id in r.jobs), None)
+        if replica is None:  # it has ended already
             return
+        del replica.jobs[job.id]
         self._release(replica, job)
         if replica.ready:
             replica.send(Cancel(job=job.id))
 
     def _release(self, replica: _Replica, job: Job) -> None:
-        del self._owner[job.id]
         replica.held -= self._slots(job)
         if isinstance(job, ScoreJob):
             self._scoring -= 1

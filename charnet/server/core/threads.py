@@ -41,12 +41,12 @@ class Threads:
         tries; `engines`: the model's engine processes, which divide the threads among
         those with work (`lend`)."""
         self.most = most
-        shares = {max(1, most // k) for k in range(1, engines + 1)}
-        self.varies = most > 1 and same_bits(kernel, most, batches, tuple(sorted(({1} | shares) - {most})))
+        counts = sorted({1} | {max(1, most // k) for k in range(1, engines + 1)})  # one, each share, most
+        self.varies = most > 1 and same_bits(kernel, most, batches, tuple(counts[:-1]))
         """Whether steps move between thread counts (one, a share, `most`)."""
         self.share = most if self.varies else max(1, most // engines)
         """The threads steps take when no command has just arrived."""
-        self._shares = sorted({1} | shares) if self.varies else [self.share]
+        self._shares = counts if self.varies else [self.share]
         self._heard = -math.inf
 
     @property
