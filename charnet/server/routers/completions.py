@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from charnet.server import respond
 from charnet.server.deps import Model, ReadyState, lookup_model
@@ -128,11 +127,9 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
     def error(status: int, message: str) -> str:
         return respond.sse(APIError(status, message).body())
 
-    async def body_stream():
-        async for frame in respond.stream(model, job, render, error, done=None):
-            yield frame
-        if include_usage and job.finished and job.failed is None:
-            yield respond.sse({**head, "choices": [], "usage": choices.usage()})
-        yield "data: [DONE]\n\n"
+    def done() -> str:
+        usage = include_usage and job.failed is None
+        return (respond.sse({**head, "choices": [], "usage": choices.usage()}) if usage else "") + "data: [DONE]\n\n"
 
-    return StreamingResponse(body_stream(), media_type="text/event-stream", headers=respond.SSE_HEADERS)
+    return respond.EventStream(respond.stream(model, job, render, error, done), media_type="text/event-stream",
+                               headers=respond.SSE_HEADERS)

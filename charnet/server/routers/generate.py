@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from charnet.server import respond
 from charnet.server.deps import ReadyState, lookup_model
@@ -74,7 +73,6 @@ async def generate(body: GenerateRequest, http: Request, state: ReadyState) -> A
     def error(status: int, message: str) -> str:
         return frame(APIError(status, message).body())
 
-    frames = respond.stream(model, job, render, error, done=None if ndjson else "data: [DONE]\n\n")
-    return StreamingResponse(frames,
-                             media_type=NDJSON if ndjson else "text/event-stream",
-                             headers=respond.SSE_HEADERS)
+    frames = respond.stream(model, job, render, error, done=lambda: "" if ndjson else "data: [DONE]\n\n")
+    return respond.EventStream(frames, media_type=NDJSON if ndjson else "text/event-stream",
+                               headers=respond.SSE_HEADERS)
