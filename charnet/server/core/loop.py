@@ -100,6 +100,7 @@ class EngineCore:
         self._score_debt = 0.0  # seconds the batch is owed before the next score window
         self._batch = engine.new_batch(auto_admit=False)
         self._stats = Stats()
+        self._measured: tuple = ()  # what `_stats` was measured at (`_measure`)
         self._seen = -1  # the batch revision the shares and counts below are for
         self._running = self._waiting = 0
         self._deadline = math.inf  # the earliest of every request's
@@ -150,7 +151,10 @@ class EngineCore:
             if self._batch.revision != self._seen:
                 self._allocate(out)
             stepped = self._step(out) if self._batch.rows else 0.0
-            self._score_turn(stepped, out)
+            if self._scores:
+                self._score_turn(stepped, out)
+            else:
+                self._score_debt = 0.0
         except Exception:  # a bug in the loop itself: fail what is running, keep serving
             log.exception("engine loop of %s failed; failing its running requests", self.engine.name)
             out += self.fail_all((500, "internal error in the generation loop"))
@@ -180,11 +184,21 @@ class EngineCore:
     def _new_batch(self) -> None:
         self._batch = self.engine.new_batch(auto_admit=False)
         self._seen = -1
+        self._measured = ()  # a fresh batch counts its revisions from zero again
 
     def _measure(self) -> Stats:
+        """The gauges and counters now: the last ones again while what they count is as it
+        was (the batch's members, the queue, the cache's lookups and priming), as in a
+        round of streams that all carry on. Building them took about 2 us a round, 1% of
+        a single stream's step."""
+        cache = self.engine.cache
+        at = (self._batch.revision, self._seen, len(self._arrivals), len(self._scores), cache.hits, cache.misses,
+              cache.primed_tokens)
+        if at == self._measured:
+            return self._stats
+        self._measured = at
         if self._seen != self._batch.revision:  # requests ended or failed since the shares were made
             self._count()
-        cache = self.engine.cache
         return Stats(running=self._running + len(self._scores), waiting=self._waiting + len(self._arrivals),
                      rows=self._batch.rows, cache_hits=cache.hits, cache_misses=cache.misses, cache_bytes=cache.bytes,
                      cache_entries=len(cache), primed=cache.primed_tokens)
@@ -304,9 +318,6 @@ class EngineCore:
 
     def _score_turn(self, stepped: float, out: list) -> None:
         """Score one window of the next text, if scoring has not had its share."""
-        if not self._scores:
-            self._score_debt = 0.0
-            return
         if self._batch.rows and self._score_debt > 0:
             self._score_debt -= stepped
             return

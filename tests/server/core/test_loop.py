@@ -146,15 +146,15 @@ def test_a_failing_batched_step_fails_the_requests_in_it_and_the_loop_carries_on
 
 
 def test_a_bug_in_the_loop_fails_what_runs_and_the_loop_carries_on(core, monkeypatch):
-    real = EngineCore._score_turn  # runs every round
+    real = EngineCore._step  # runs every round with rows
     calls = itertools.count()
 
-    def score_turn(self, stepped, out):
+    def step(self, out):
         if next(calls) == 5:
             raise KeyError("a bug")
-        return real(self, stepped, out)
+        return real(self, out)
 
-    monkeypatch.setattr(EngineCore, "_score_turn", score_turn)
+    monkeypatch.setattr(EngineCore, "_step", step)
     running = generate(max_chars=50)
     core.receive(running)
     run = Run().drive(core)
@@ -272,3 +272,22 @@ def test_output_waits_as_long_as_the_most_eager_response_allows(core):
         core.receive(Cancel(job=job.job))
     core.iterate()
     assert core.window == most
+
+
+def test_every_step_says_the_counts_as_they_are(core):
+    """Stats are built again only when what they count can have moved; each Step's
+    must still be the loop's state at that round."""
+    cache = core.engine.cache
+    short, long = generate("JULIET:\n", max_chars=3), generate("ROMEO:\n", max_chars=12)
+    core.receive(short)
+    core.receive(long)
+    seen = []
+    while core.busy:
+        step = core.iterate()
+        rows = core._batch.rows
+        if step is not None:
+            stats = step.stats
+            seen.append(stats.rows)
+            assert (stats.rows, stats.cache_hits, stats.cache_misses, stats.primed, stats.cache_entries) == \
+                (rows, cache.hits, cache.misses, cache.primed_tokens, len(cache))
+    assert 2 in seen and 1 in seen and seen[-1] == 0 and cache.primed_tokens >= len("JULIET:\n")
