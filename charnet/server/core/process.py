@@ -105,7 +105,7 @@ def prepare(spec: CoreSpec) -> tuple[Engine, Threads]:
     Why: oneDNN keeps what it builds for each product shape in memory allocated between
     the warm-up's temporaries, so once they are freed glibc's malloc arena is in pieces,
     and every later allocation searches them. After warming 256 batch sizes a single
-    stream stepped 9-16% slower (malloc 1.4% -> 5.3% of its time). A thread allocates
+    stream stepped 8-18% slower (malloc 1.4% -> 5.3% of its time). A thread allocates
     from an arena of its own, so the loop's stays whole; what oneDNN built is shared by
     every thread."""
     engine = Engine.open(spec.path, spec.device, cache_bytes=spec.cache_bytes)
