@@ -151,10 +151,7 @@ class EngineCore:
             if self._batch.revision != self._seen:
                 self._allocate(out)
             stepped = self._step(out) if self._batch.rows else 0.0
-            if self._scores:
-                self._score_turn(stepped, out)
-            else:
-                self._score_debt = 0.0
+            self._score_turn(stepped, out)
         except Exception:  # a bug in the loop itself: fail what is running, keep serving
             log.exception("engine loop of %s failed; failing its running requests", self.engine.name)
             out += self.fail_all((500, "internal error in the generation loop"))
@@ -318,6 +315,9 @@ class EngineCore:
 
     def _score_turn(self, stepped: float, out: list) -> None:
         """Score one window of the next text, if scoring has not had its share."""
+        if not self._scores:
+            self._score_debt = 0.0
+            return
         if self._batch.rows and self._score_debt > 0:
             self._score_debt -= stepped
             return

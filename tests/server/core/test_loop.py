@@ -146,15 +146,15 @@ def test_a_failing_batched_step_fails_the_requests_in_it_and_the_loop_carries_on
 
 
 def test_a_bug_in_the_loop_fails_what_runs_and_the_loop_carries_on(core, monkeypatch):
-    real = EngineCore._step  # runs every round with rows
+    real = EngineCore._score_turn  # runs every round
     calls = itertools.count()
 
-    def step(self, out):
+    def score_turn(self, stepped, out):
         if next(calls) == 5:
             raise KeyError("a bug")
-        return real(self, out)
+        return real(self, stepped, out)
 
-    monkeypatch.setattr(EngineCore, "_step", step)
+    monkeypatch.setattr(EngineCore, "_score_turn", score_turn)
     running = generate(max_chars=50)
     core.receive(running)
     run = Run().drive(core)
