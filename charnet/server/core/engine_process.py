@@ -97,6 +97,7 @@ class EngineProcess:
         theirs.close()  # the engine's copy alone: when it exits, ours reads end of file
         self._socket = ours
         self._writer: asyncio.StreamWriter | None = None
+        self._outbox: wire.Outbox | None = None  # set with `_writer`
         self._gone = asyncio.Event()  # set on the event loop once the process has exited
         self._reading = self.loop.create_task(self._read())
         threading.Thread(target=self._watch, name=f"charnet-engine-watch-{spec.name}", daemon=True).start()
@@ -114,8 +115,9 @@ class EngineProcess:
             return f"the engine process was not ready within {timeout:g} s"
 
     def send(self, command: protocol.Command) -> None:
-        """Queue `command` (asyncio's transport buffers what the socket cannot take now)."""
-        self._writer.write(wire.frame(self._encode(command)))
+        """Queue `command`: it goes out with the other commands of this turn of the event
+        loop (`wire.Outbox`; asyncio's transport buffers what the socket cannot take)."""
+        self._outbox.put(self._encode(command))
 
     def _answer(self, why: str | None) -> None:
         if not self._started.done():
@@ -124,6 +126,7 @@ class EngineProcess:
     async def _read(self) -> None:
         """Hand on every reply, until the engine's end closes."""
         reader, self._writer = await asyncio.open_connection(sock=self._socket)
+        self._outbox = wire.Outbox(self.loop, self._writer.write)
         while True:
             try:
                 payload = await wire.read_frame(reader)

@@ -1,5 +1,7 @@
 """The connection between the API process and an engine process: a socket pair carrying
-length-prefixed frames (a 4-byte little-endian length, then a msgspec message).
+length-prefixed frames (a 4-byte little-endian length, then a msgspec message). The API
+process writes the commands of one turn of its event loop together (`Outbox`); the
+engine reads them on a thread of its own (`Inbox`).
 
 Why not ZeroMQ, which vLLM uses: there is exactly one peer, on the same machine, and
 ZeroMQ moves every message through an I/O thread in each process. On a 2-core machine
@@ -18,6 +20,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -25,6 +28,9 @@ log = logging.getLogger("charnet.server")
 
 HEADER = struct.Struct("<I")
 """Each frame's length, in bytes."""
+
+GATHER_S = 0.002
+"""Longest a frame waits in an `Outbox` for the rest of its event-loop turn."""
 
 
 def frame(payload: bytes) -> bytes:
@@ -51,6 +57,44 @@ class Frames:
             at += size
         del self._buffer[:at]
         return frames
+
+
+class Outbox:
+    """Frames put on the event loop, written together once the loop's turn is over (a
+    callback queued behind the turn's ready work), or at once when the oldest has waited
+    `GATHER_S`.
+
+    Why: 64 requests arriving together are admitted in about one turn, each sending its
+    engine a command. Written one by one, each write woke the engine process on the
+    other core for a message (64 wakeups instead of a few dozen), the API process paid a
+    loopback write for each, and the engine could show nothing for them anyway until the
+    turn ended and its replies were read. Measured in bursts of 64 two-character streams:
+    0.45-0.46 ms of the API process's CPU a request, against 0.43-0.445 with the commands
+    gathered. The bound keeps a long turn from holding the first commands back: a prompt
+    the engine must prime starts priming within `GATHER_S` of its arrival."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, write: Callable[[bytes], None]) -> None:
+        """`write`: the transport's write (called with several frames at once)."""
+        self._loop, self._write = loop, write
+        self._frames: list[bytes] = []
+        self._oldest = 0.0
+
+    def put(self, payload: bytes) -> None:
+        """Queue `payload` as a frame."""
+        self._frames.append(frame(payload))
+        now = time.monotonic()
+        if len(self._frames) == 1:
+            self._oldest = now
+            self._loop.call_soon(self.flush)
+        elif now - self._oldest >= GATHER_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is queued."""
+        if self._frames:
+            data = b"".join(self._frames)
+            self._frames.clear()
+            self._write(data)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes:

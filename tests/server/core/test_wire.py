@@ -1,7 +1,8 @@
 """Frames between the API process and an engine process: whatever way the bytes arrive
 (split anywhere, several frames at once), each side reads exactly the frames written,
-over a real socket pair, and the end of the stream is told apart from a frame; the
-engine's inbox queues what a thread reads, in order, and says when nothing more comes."""
+over a real socket pair, and the end of the stream is told apart from a frame; the API
+process's outbox writes a turn's frames together, the oldest never held past its bound;
+the engine's inbox queues what a thread reads, in order, and says when nothing more comes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from charnet.server.core.wire import Frames, Inbox, frame, read_frame
+from charnet.server.core.wire import GATHER_S, Frames, Inbox, Outbox, frame, read_frame
 
 PAYLOADS = [b"", b"x", bytes(range(256)) * 300, "ROMEO: ü 🙂".encode(), b"\x00\x00\x00\x00"]
 
@@ -49,6 +50,56 @@ async def test_read_frame_over_a_socket_pair_until_the_peer_is_gone():
             await read_frame(reader)
     finally:
         writer.close()
+
+
+@pytest.mark.anyio
+async def test_an_outbox_writes_the_frames_of_one_turn_together_after_it():
+    writes: list[bytes] = []
+    outbox = Outbox(asyncio.get_running_loop(), writes.append)
+    for payload in PAYLOADS:
+        outbox.put(payload)
+    assert writes == []  # the turn is not over
+    await asyncio.sleep(0)
+    assert len(writes) == 1 and Frames().feed(writes[0]) == PAYLOADS
+    outbox.put(b"next turn")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a second flush finds nothing more to write
+    assert writes[1:] == [frame(b"next turn")]
+
+
+@pytest.mark.anyio
+async def test_an_outbox_holds_no_frame_past_its_bound_in_a_long_turn():
+    writes: list[bytes] = []
+    outbox = Outbox(asyncio.get_running_loop(), writes.append)
+    outbox.put(b"first")
+    time.sleep(GATHER_S * 1.5)  # a turn busy for longer than the bound
+    outbox.put(b"second")
+    assert writes == [frame(b"first") + frame(b"second")]
+    outbox.put(b"third")  # the bound counts again from the oldest frame still queued
+    assert len(writes) == 1
+    await asyncio.sleep(0)
+    assert writes[1:] == [frame(b"third")]
+
+
+@pytest.mark.anyio
+async def test_an_outbox_over_a_socket_pair_delivers_every_frame_in_order():
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    outbox = Outbox(asyncio.get_running_loop(), writer.write)
+    try:
+        for payload in PAYLOADS:
+            outbox.put(payload)
+            if payload == b"x":
+                await asyncio.sleep(0)  # over two turns
+        await asyncio.sleep(0)
+        theirs.settimeout(5)
+        frames, got = Frames(), []
+        while len(got) < len(PAYLOADS):
+            got += frames.feed(theirs.recv(1 << 20))
+        assert got == PAYLOADS
+    finally:
+        writer.close()
+        theirs.close()
 
 
 def test_an_inbox_queues_decoded_messages_in_order_then_closes_at_the_end():
