@@ -7,7 +7,8 @@ holding back what might be the start of a stop string (`charnet.inference.stops`
 string, its length, a cancellation or an error ends it.
 
 The samples of one request share their prompt: the first sequence (the leader) primes
-it once, and the others fork from its state when it is done.
+it once, and the others fork from its state when it is done. A request whose prompt
+another request's sequence is priming follows that one the same way (`Sequence.join`).
 """
 
 from __future__ import annotations
@@ -86,7 +87,11 @@ class Sequence:
         """Prompt lengths at which priming caches its state, with their digests."""
         self.snapshot: Snapshot | None = None
         self.leader: Sequence | None = None
+        """The sequence whose primed state it starts from: its request's first sample's,
+        or another request's priming the same prompt (`joined`)."""
         self.followers: list[Sequence] = []
+        self.joined = False
+        """Whether its leader is another request's sequence (`join`)."""
         self.logprobs: list[CharLogprob] = []  # emitted so far
         self.recent: list[int] = self.prompt_ids[-REPETITION_WINDOW:].tolist()
         self._stops = StopMatcher(request.stop)
@@ -109,6 +114,16 @@ class Sequence:
         other.leader = self
         self.followers.append(other)
         return other
+
+    def join(self, primer: Sequence) -> None:
+        """Start from the state of `primer`, another request's sequence priming the same
+        prompt, once it is primed, instead of priming the prompt itself."""
+        self.leader, self.joined = primer, True
+        primer.followers.append(self)
+
+    def part(self) -> None:
+        """Prime its prompt itself after all (its primer stopped before it was primed)."""
+        self.leader, self.joined = None, False
 
     @property
     def text(self) -> str:

@@ -204,6 +204,56 @@ def test_a_burst_added_together_writes_what_each_writes_alone(trained):
                                           solo(kernel, vocab, req(prompt=r.prompt, n=40, seed=r.params.seed + 1))]
 
 
+SPEECH = "First Citizen:\nBefore we proceed any further, hear me speak."
+
+
+def test_requests_arriving_with_one_prompt_prime_it_once(trained):
+    """A request whose prompt another request's row is priming waits for that row (with
+    or without a cache to keep the result), and each writes what it writes alone; its
+    own second sample follows it, and a prompt that only begins the same primes itself."""
+    kernel, vocab = trained
+    for cache in (PromptCache(), PromptCache(max_bytes=0)):
+        batch = Batch(kernel, vocab, cache)
+        batch.add(req(prompt="X", n=150, seed=0))  # a sampling neighbour: priming goes row by row
+        batch.step()
+        (first,) = batch.add(req(prompt=SPEECH, n=30, seed=1))
+        batch.step()
+        batch.step()
+        later = batch.add(req(prompt=SPEECH, n=30, seed=2), 2) + batch.add(req(prompt=SPEECH[:20], n=30, seed=3))
+        batch.step()
+        assert [s.joined for s in later] == [True, False, False] and later[0].leader is first
+        assert later[0].row == later[1].row == -1 and later[2].row >= 0
+        run(batch)
+        assert cache.primed_tokens == 1 + len(SPEECH) + 20
+        assert [s.text for s in [first, *later]] == [solo(kernel, vocab, req(prompt=p, n=30, seed=k))
+                                                      for p, k in [(SPEECH, 1), (SPEECH, 2), (SPEECH, 3),
+                                                                   (SPEECH[:20], 3)]]
+
+
+@pytest.mark.parametrize("stop", ["cancel", "suspend"])
+def test_a_request_waiting_on_anothers_priming_primes_itself_if_that_stops(trained, stop):
+    kernel, vocab = trained
+    batch = Batch(kernel, vocab, PromptCache(), auto_admit=False)
+    (neighbour,) = batch.add(req(prompt="X", n=150, seed=0))
+    (a,) = batch.add(req(prompt=SPEECH, n=30, seed=1))
+    batch.admit(neighbour)
+    batch.admit(a)
+    batch.step()
+    (b,) = batch.add(req(prompt=SPEECH, n=30, seed=2))
+    batch.admit(b)
+    assert b.joined and b.row == -1 and not b.ready
+    getattr(batch, stop)(a)
+    assert b.ready and not b.joined and b.leader is None
+    batch.admit(b)
+    assert b.row >= 0 and b.priming  # nothing primes it but itself now
+    while len(batch):
+        for seq in [s for s in batch.waiting if s.ready]:
+            batch.admit(seq)
+        batch.step()
+    assert b.text == solo(kernel, vocab, req(prompt=SPEECH, n=30, seed=2))
+    assert a.text == ("" if stop == "cancel" else solo(kernel, vocab, req(prompt=SPEECH, n=30, seed=1)))
+
+
 def test_prompt_cache_stays_within_its_byte_budget(trained):
     kernel, vocab = trained
     cache = PromptCache(max_bytes=40_000)
