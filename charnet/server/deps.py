@@ -53,7 +53,10 @@ async def get_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(get_state)]
 
 
-async def ready_state(state: State) -> ServerState:
+async def ready_state(request: Request) -> ServerState:
+    # Not a dependency of `State`: every level of dependencies costs FastAPI a solve per
+    # request, and this one is on every generation request's path.
+    state = await get_state(request)
     if not state.ready:
         raise APIError(503, "the server is loading its models or shutting down", code="not_ready",
                        headers={"Retry-After": "1"})

@@ -120,10 +120,15 @@ def _check(name: str, value: Any, of: str, bound: int, setting: str) -> None:
                        param=name, code=f"{name}_too_long")
 
 
+_SCALARS = frozenset((bool, int, float))
+
+
 def _strings(model: BaseModel, prefix: tuple = ()):
     """(location, text) of every string a request holds, nested models, lists and dict keys too."""
     for name in type(model).model_fields:
         value = getattr(model, name)
+        if value is None or type(value) in _SCALARS:  # most fields: nothing to look into
+            continue
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
         if isinstance(value, str):
             yield (*prefix, name), value

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -103,7 +103,7 @@ async def create_completion(body: CompletionRequest, http: Request, state: Ready
     groups = body.engine_groups(respond.limits(settings, model.vocab.size), settings.max_response_tokens,
                               model.vocab)
     job = respond.submit(http, model, groups, bool(body.stream))
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+    head = {"id": f"cmpl-{os.urandom(16).hex()}", "object": "text_completion", "created": int(time.time()),
             "model": model.name}
     choices = _Choices(body, job, model.vocab.kind)
     if not body.stream:
