@@ -175,27 +175,36 @@ def failing_draw(monkeypatch):
     monkeypatch.setattr(sampling.BatchParams, "of", classmethod(of))
 
 
-def torchrun_command(*args: str | Path, nproc: int = 2, log_dir: Path | None = None) -> list[str]:
-    """`torchrun --nproc-per-node N -m charnet ARGS` on a loopback rendezvous, as the README
-    documents for several machines (here: one). With `log_dir`, each process' stdout and
-    stderr go to their own files (see `rank_logs`)."""
+def torchrun_command(*args: str | Path, nproc: int = 2, log_dir: Path | None = None,
+                     script: Path | None = None) -> list[str]:
+    """`torchrun --nproc-per-node N -m charnet ARGS` (or `SCRIPT ARGS`) on a loopback
+    rendezvous, as the README documents for several machines (here: one). With `log_dir`,
+    each process' stdout and stderr go to their own files (see `rank_logs`)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "charnet-test"]
     if log_dir is not None:
         cmd += ["--log-dir", str(log_dir), "--redirects", "3"]
-    return [*cmd, "-m", "charnet", *map(str, args)]
+    return [*cmd, *(["-m", "charnet"] if script is None else [str(script)]), *map(str, args)]
 
 
 def torchrun_env(env: dict | None = None) -> dict:
-    # gloo on the loopback interface, whatever the machine's hostname resolves to
-    return cli_env({**({"GLOO_SOCKET_IFNAME": "lo"} if sys.platform == "linux" else {}), **(env or {})})
+    # gloo on the loopback interface, whatever the machine's hostname resolves to; a process
+    # killed by a signal (an abort in gloo's C++ threads) prints where each thread was
+    loopback = {"GLOO_SOCKET_IFNAME": "lo"} if sys.platform == "linux" else {}
+    return cli_env({**loopback, "PYTHONFAULTHANDLER": "1", **(env or {})})
 
 
 def run_torchrun(*args: str | Path, nproc: int = 2, log_dir: Path | None = None, env: dict | None = None,
-                 timeout: float = 300) -> Result:
-    proc = subprocess.run(torchrun_command(*args, nproc=nproc, log_dir=log_dir), capture_output=True, text=True,
-                          env=torchrun_env(env), timeout=timeout)
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+                 timeout: float = 300, script: Path | None = None) -> Result:
+    """With `log_dir`, a failed run's stderr ends with each process' own stderr: torchrun's
+    summary names the signal or exit code but not the process' last words."""
+    proc = subprocess.run(torchrun_command(*args, nproc=nproc, log_dir=log_dir, script=script), capture_output=True,
+                          text=True, env=torchrun_env(env), timeout=timeout)
+    stderr = proc.stderr
+    if proc.returncode != 0 and log_dir is not None:
+        for rank, (_, err) in sorted(rank_logs(log_dir).items()):
+            stderr += f"\n--- stderr of local rank {rank} ---\n{err}"
+    return Result(proc.returncode, proc.stdout, stderr)
 
 
 def rank_logs(log_dir: Path) -> dict[int, tuple[str, str]]:

@@ -12,6 +12,7 @@ for a decision would stall the GPU every step, and NCCL cannot reduce CPU tensor
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -99,6 +100,13 @@ def from_env(device: str = "auto") -> Dist:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    # torch.distributed.nn.functional's collectives take `group=group.WORLD` as a default,
+    # evaluated when it is first imported, which DDP's constructor does. Imported after
+    # the group exists, it holds the group for good: destroy_process_group() then leaves
+    # its gloo threads running into interpreter exit, where tearing them down aborts the
+    # process now and then (SIGABRT, "terminate called without an active exception") after
+    # the run has finished. Imported first, its defaults are None.
+    importlib.import_module("torch.distributed.nn.functional")
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
@@ -108,10 +116,11 @@ def from_env(device: str = "auto") -> Dist:
 
 
 def shutdown() -> None:
-    """Leave the process group. Whatever still holds it (a DDP wrapper, through a
-    reference cycle) must be collected first: left to interpreter exit, the group's
-    gloo threads are destroyed out of order and abort the process (SIGABRT, "terminate
-    called without an active exception") instead of letting it exit with its code."""
+    """Leave the process group, and end its threads. Whatever still holds it (a DDP
+    wrapper, through a reference cycle; see also `from_env`) must be collected first:
+    left to interpreter exit, the group's gloo threads are destroyed out of order and
+    abort the process (SIGABRT, "terminate called without an active exception") instead
+    of letting it exit with its code."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()

@@ -182,6 +182,42 @@ def test_error_on_the_main_process_ends_every_process(runs):
     assert logs[1] == ("", "")
 
 
+LEAVE_GROUP = """
+import json, os, torch
+from torch.nn.parallel import DistributedDataParallel
+from charnet.training.distributed import from_env, shutdown
+
+def threads():
+    return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+
+dist = from_env()
+net = DistributedDataParallel(torch.nn.Linear(2, 2))
+net(torch.ones(1, 2)).sum().backward()
+during = threads()
+del net
+shutdown()
+print(json.dumps({"during": during, "after": threads()}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the processes' threads from /proc")
+def test_shutdown_ends_the_group_threads(tmp_path):
+    """After `shutdown` no thread of the group is left for interpreter exit to tear down
+    (where doing so aborted a finished run now and then: SIGABRT, "terminate called
+    without an active exception"). DDP's constructor imports torch.distributed.nn, whose
+    functions took the live group as a default argument and so kept it alive for good."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_GROUP, encoding="utf-8")
+    result = run_torchrun(script=script, log_dir=tmp_path / "logs", timeout=120)
+    assert result.returncode == 0, result.stderr
+    logs = rank_logs(tmp_path / "logs")
+    assert sorted(logs) == [0, 1]
+    for rank, (stdout, _) in logs.items():
+        seen = json.loads(stdout)
+        assert any("gloo" in name for name in seen["during"]), seen  # the check sees the group's threads
+        assert not any("gloo" in name for name in seen["after"]), (rank, seen)
+
+
 def _children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
