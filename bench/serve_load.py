@@ -11,8 +11,8 @@ the machine's speed fall on both alike:
   server's engine process), the level's streams generated as one batch, each client's
   prompt, seed and length;
 - engine loop: the same streams through the server's engine loop (`EngineCore`: fair
-  shares, deadlines, one message a round) in this process, with no process or HTTP
-  around it: what the loop itself costs, apart from what crosses processes;
+  shares, deadlines, its news taken every stream interval) in this process, with no
+  process or HTTP around it: what the loop itself costs, apart from what crosses processes;
 - server: that many streaming clients started together, one completion of --chars
   characters each, from `bench.load_client` in a process of its own.
 Reported per level: chars/s of each (medians over the rounds), server / engine and
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -148,18 +147,22 @@ def engine_alone(engine, clients: int, chars: int) -> float:
 
 
 def engine_loop(engine, clients: int, chars: int) -> float:
-    """Aggregate chars/s of the same streams through `EngineCore`, one request each, run
-    until the last ends (their output read only at the end, as a request that is not
-    streamed)."""
+    """Aggregate chars/s of the same streams through `EngineCore`, one streamed request
+    each, run until the last ends, its news taken when due as the engine process takes
+    it to send (`--stream-interval`'s default pace)."""
     from charnet.server.core.loop import EngineCore
     from charnet.server.core.protocol import Generate
+    from charnet.server.settings import Settings
 
     core = EngineCore(engine, max_concurrency=max(clients, 1), max_n=1, timeout=3600)
+    pace = Settings.model_fields["stream_interval"].default
     for i, request in enumerate(level_requests(clients, chars)):
-        core.receive(Generate(job=i, groups=[(request, 1)], timeout=3600, pace=math.inf))
+        core.receive(Generate(job=i, groups=[(request, 1)], timeout=3600, pace=pace))
     start = time.perf_counter()
     while core.busy:
         core.iterate()
+        if core.due(time.monotonic()):
+            core.take()
     return clients * chars / (time.perf_counter() - start)
 
 

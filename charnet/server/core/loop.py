@@ -14,11 +14,14 @@ round (`iterate`)
 4. gives at most `SCORE_SHARE` of its time to scoring texts for /v1/score, a window of
    `SCORE_WINDOW` characters at a time (all of it when nothing generates);
 
-and returns what the round produced as one `Step` message: every row's output at once,
-saying whether any of it is `urgent` (a request started, wrote its first characters,
-ended or failed). Shares, counts and deadlines are looked at again only when the batch's
-membership changed (`Batch.revision`) or the earliest deadline has passed: a round of
-64 streams whose requests all carry on does no work per request beyond the step.
+and adds what the round produced to its `News` (a choice's characters from consecutive
+rounds joined), saying whether any of it is `urgent` (a request started, wrote its first
+characters, ended or failed). `take` turns the news into one `Step` message, every row's
+output at once; `due` says when: at once when urgent, else once `window` has passed.
+Shares, counts and deadlines are looked at again only when the batch's membership
+changed (`Batch.revision`) or the earliest deadline has passed: a round of 64 streams
+whose requests all carry on does no work per request beyond the step and appending each
+row's characters to its event.
 
 Failures stay small: an error while starting or sampling one sequence fails only its
 request (the batch drops that row and carries on); an error in the batched kernel step
@@ -41,6 +44,7 @@ from charnet.errors import ConfigError
 from charnet.inference.engine import Engine
 from charnet.inference.generation import FINISH_ERROR, Sequence
 from charnet.inference.scoring import Scorer
+from charnet.server.core.news import News
 from charnet.server.core.protocol import Cancel, Choice, Command, Generate, Out, ScoreText, Shutdown, Stats, Step
 from charnet.server.fairness import water_fill
 
@@ -99,13 +103,16 @@ class EngineCore:
         self._owner: dict[int, tuple[_Generation, int]] = {}  # sequence id -> (request, choice index)
         self._score_debt = 0.0  # seconds the batch is owed before the next score window
         self._batch = engine.new_batch(auto_admit=False)
+        self.news = News()
+        """What the rounds since the last `take` produced."""
+        self._taken = -math.inf  # when `take` last returned a Step
         self._stats = Stats()
         self._measured: tuple = ()  # what `_stats` was measured at (`_measure`)
         self._seen = -1  # the batch revision the shares and counts below are for
         self._running = self._waiting = 0
         self._deadline = math.inf  # the earliest of every request's
         self.urgent = False
-        """Whether the last round's Step has news that should not wait (see the module
+        """Whether the news has something that should not wait (see the module
         docstring)."""
         self.window = WINDOW_S[0]
         """How long output that is not urgent may gather before it goes out: the
@@ -136,47 +143,58 @@ class EngineCore:
 
     # -- a round ----------------------------------------------------------------------------
 
-    def iterate(self) -> Step | None:
-        """One round: cancellations, arrivals, timeouts, rows, one step, a score window.
-        The Step to send, or None when nothing changed."""
-        started: list[tuple[int, list[Choice]]] = []
-        out: list[tuple[int, Out]] = []
-        self.urgent = False
+    def iterate(self) -> None:
+        """One round: cancellations, arrivals, timeouts, rows, one step, a score window;
+        what it produced joins the news."""
         try:
             self._cancel_all()
             while self._arrivals:
-                self._start(self._arrivals.popleft(), started, out)
+                self._start(self._arrivals.popleft())
             if time.monotonic() > self._deadline:
-                self._timeouts(out)
+                self._timeouts()
             if self._batch.revision != self._seen:
-                self._allocate(out)
-            stepped = self._step(out) if self._batch.rows else 0.0
-            self._score_turn(stepped, out)
+                self._allocate()
+            stepped = self._step() if self._batch.rows else 0.0
+            self._score_turn(stepped)
         except Exception:  # a bug in the loop itself: fail what is running, keep serving
             log.exception("engine loop of %s failed; failing its running requests", self.engine.name)
-            out += self.fail_all((500, "internal error in the generation loop"))
-        self.urgent = self.urgent or bool(started) or any(o.end for _, o in out)
+            self.fail_all((500, "internal error in the generation loop"))
+
+    def due(self, now: float) -> bool:
+        """Whether the news should go out at `now` (a `time.monotonic` value): it is
+        urgent, the loop is idle, or `window` has passed since the last Step."""
+        return self.urgent or now - self._taken >= self.window or not self.busy
+
+    def take(self) -> Step | None:
+        """The news and the counts as one Step (None when there is no news and the
+        counts have not moved); empties the news."""
         stats = self._measure()
-        if not (started or out) and stats == self._stats:
+        if not self.news and stats == self._stats:
             return None
         self._stats = stats
-        return Step(started=started, events=out, stats=stats)
+        self.urgent = False
+        self._taken = time.monotonic()
+        started, events = self.news.take()
+        return Step(started=started, events=events, stats=stats)
 
-    def fail_all(self, error: tuple[int, str]) -> list[tuple[int, Out]]:
-        """End every request, queued or running, with `error`; start a fresh batch."""
-        out: list[tuple[int, Out]] = [(job.id, Out(error=error, end=True)) for job in self._arrivals]
+    def fail_all(self, error: tuple[int, str]) -> None:
+        """End every request, queued or running, with `error` (in the news); start a
+        fresh batch."""
+        for job in self._arrivals:
+            self.news.add(job.id, Out(error=error, end=True))
         self._arrivals.clear()
         try:
             for job in [*self._jobs, *self._scores]:
-                self._end(job, error, out)
+                self._end(job, error)
         except Exception:
             log.exception("failing the requests of %s", self.engine.name)
-            out += [(job.id, Out(error=error, end=True)) for job in [*self._jobs, *self._scores]]
+            for job in [*self._jobs, *self._scores]:
+                self.news.add(job.id, Out(error=error, end=True))
             self._jobs.clear()
             self._scores.clear()
             self._owner.clear()
+        self.urgent = True
         self._new_batch()
-        return out
 
     def _new_batch(self) -> None:
         self._batch = self.engine.new_batch(auto_admit=False)
@@ -185,9 +203,9 @@ class EngineCore:
 
     def _measure(self) -> Stats:
         """The gauges and counters now: the last ones again while what they count is as it
-        was (the batch's members, the queue, the cache's lookups and priming), as in a
-        round of streams that all carry on. Building them took about 2 us a round, 1% of
-        a single stream's step."""
+        was (the batch's members, the queue, the cache's lookups and priming), as while
+        streams all carry on. Building them took about 2 us, 1% of a single stream's step,
+        and `take` is asked every round while a request has nothing to say (priming)."""
         cache = self.engine.cache
         at = (self._batch.revision, self._seen, len(self._arrivals), len(self._scores), cache.hits, cache.misses,
               cache.primed_tokens)
@@ -213,9 +231,9 @@ class EngineCore:
         gone, self._cancels = self._cancels, set()
         self._arrivals = deque(job for job in self._arrivals if job.id not in gone)
         for job in [j for j in [*self._jobs, *self._scores] if j.id in gone]:
-            self._end(job, None, [])  # its client is gone: nobody reads what it would say
+            self._end(job, None)  # its client is gone: nobody reads what it would say
 
-    def _start(self, job: _Generation | _Scoring, started: list, out: list) -> None:
+    def _start(self, job: _Generation | _Scoring) -> None:
         if isinstance(job, _Scoring):
             self._scores.append(job)
             self._changed()
@@ -230,27 +248,29 @@ class EngineCore:
             error = failure(e)
             if error[0] == 500:
                 log.exception("starting a request on %s failed", self.engine.name)
-            out.append((job.id, Out(error=error, end=True)))
+            self.news.add(job.id, Out(error=error, end=True))
+            self.urgent = True
             return
-        started.append((job.id, [Choice(seed=s.seed, prompt_tokens=s.prompt_tokens) for s in seqs]))
+        self.news.start(job.id, [Choice(seed=s.seed, prompt_tokens=s.prompt_tokens) for s in seqs])
+        self.urgent = True
         job.seqs = seqs
         self._jobs.append(job)
         self._changed()
         for index, seq in enumerate(seqs):
             if seq.finished:  # max_chars == 0: done before its first step
-                out.append((job.id, Out(index=index, finish_reason=seq.finish_reason)))
+                self.news.add(job.id, Out(index=index, finish_reason=seq.finish_reason))
             else:
                 self._owner[seq.id] = (job, index)
         if all(s.finished for s in seqs):
-            self._end(job, None, out, done=True)
+            self._end(job, None, done=True)
 
-    def _timeouts(self, out: list) -> None:
+    def _timeouts(self) -> None:
         now = time.monotonic()
         message = f"request exceeded the server's --request-timeout of {self.timeout:g} s"
         for job in [j for j in [*self._jobs, *self._scores] if now > j.deadline]:
-            self._end(job, (408, message), out)
+            self._end(job, (408, message))
 
-    def _allocate(self, out: list) -> None:
+    def _allocate(self) -> None:
         """Suspend and admit sequences so that each request holds its fair share of the
         rows; count the requests with rows and without."""
         batch = self._batch
@@ -269,7 +289,7 @@ class EngineCore:
                     batch.admit(seq)
             except Exception as e:  # e.g. the prompt cache failing: this request only
                 log.exception("starting a sequence on %s failed", self.engine.name)
-                self._end(job, (500, f"generation failed: {type(e).__name__}"), out)
+                self._end(job, (500, f"generation failed: {type(e).__name__}"))
                 failed = True  # its rows are free: share again next round
         self._count()
         if not failed:
@@ -280,7 +300,7 @@ class EngineCore:
         self._running = sum(1 for job in self._jobs if any(s.row >= 0 for s in job.seqs))
         self._waiting = len(self._jobs) - self._running
 
-    def _step(self, out: list) -> float:
+    def _step(self) -> float:
         """One batched step; returns the seconds it took."""
         started = time.perf_counter()
         try:
@@ -288,32 +308,36 @@ class EngineCore:
         except Exception:
             log.exception("batched step of %s failed; failing the requests in it", self.engine.name)
             for job in list(self._jobs):
-                self._end(job, (500, "internal error in the batched step"), out)
+                self._end(job, (500, "internal error in the batched step"))
             self._new_batch()
             return time.perf_counter() - started
+        news = self.news
         finished: dict[_Generation, None] = {}  # in order; ended once every piece of the step is out
         for piece in pieces:
-            owner = self._owner.get(piece.seq.id)
+            seq = piece.seq
+            owner = self._owner.get(seq.id)
             if owner is None:
                 continue
             job, index = owner
             if piece.finish_reason == FINISH_ERROR:
-                self._end(job, failure(piece.seq.error), out)
+                self._end(job, failure(seq.error))
                 continue
-            if piece.text or piece.finish_reason or piece.logprobs:
-                out.append((job.id, Out(index=index, text=piece.text, logprobs=tuple(piece.logprobs),
-                                        finish_reason=piece.finish_reason, generated=piece.seq.generated)))
-                if piece.text and not job.spoke:
-                    job.spoke = self.urgent = True
+            if piece.logprobs:
+                news.add(job.id, Out(index=index, text=piece.text, logprobs=tuple(piece.logprobs),
+                                     finish_reason=piece.finish_reason, generated=seq.generated), seq.id)
+            elif piece.text or piece.finish_reason:
+                news.text(job.id, seq.id, index, piece.text, seq.generated, piece.finish_reason)
+            if piece.text and not job.spoke:
+                job.spoke = self.urgent = True
             if piece.finish_reason:
-                del self._owner[piece.seq.id]
+                del self._owner[seq.id]
                 if all(s.finished for s in job.seqs):
                     finished[job] = None
         for job in finished:
-            self._end(job, None, out, done=True)
+            self._end(job, None, done=True)
         return time.perf_counter() - started
 
-    def _score_turn(self, stepped: float, out: list) -> None:
+    def _score_turn(self, stepped: float) -> None:
         """Score one window of the next text, if scoring has not had its share."""
         if not self._scores:
             self._score_debt = 0.0
@@ -327,17 +351,17 @@ class EngineCore:
             job.scorer.advance(SCORE_WINDOW)
         except Exception as e:
             log.exception("scoring a text on %s failed", self.engine.name)
-            self._end(job, (500, f"scoring failed: {type(e).__name__}"), out)
+            self._end(job, (500, f"scoring failed: {type(e).__name__}"))
             return
         spent = time.perf_counter() - started
         self._score_debt = spent * (1 - SCORE_SHARE) / SCORE_SHARE if self._batch.rows else 0.0
         if job.scorer.done:
-            out.append((job.id, Out(score=job.scorer.result())))
-            self._end(job, None, out, done=True)
+            self.news.add(job.id, Out(score=job.scorer.result()))
+            self._end(job, None, done=True)
         else:
             self._scores.rotate(-1)  # texts take turns
 
-    def _end(self, job: _Generation | _Scoring, error: tuple[int, str] | None, out: list, done: bool = False) -> None:
+    def _end(self, job: _Generation | _Scoring, error: tuple[int, str] | None, done: bool = False) -> None:
         """End a request: cancelled by its client (no error, not done: nothing is said),
         failed or timed out (`error`), or `done`; free what it held."""
         if isinstance(job, _Scoring):
@@ -353,4 +377,5 @@ class EngineCore:
             self._jobs.remove(job)
         self._changed()
         if error is not None or done:
-            out.append((job.id, Out(error=error, end=True)))
+            self.news.add(job.id, Out(error=error, end=True))
+            self.urgent = True

@@ -32,7 +32,7 @@ from charnet.inference.prompt_cache import PromptCache
 from charnet.inference.request import GenerationRequest
 from charnet.server.core import protocol
 from charnet.server.core.loop import EngineCore
-from charnet.server.core.protocol import SHUTTING_DOWN, Failed, Ready, Share, Step
+from charnet.server.core.protocol import SHUTTING_DOWN, Failed, Ready, Share
 from charnet.server.core.threads import Threads
 from charnet.server.core.wire import Inbox, frame
 
@@ -146,8 +146,6 @@ def main(spec: CoreSpec, channel: socket.socket) -> None:
 def _serve(core: EngineCore, channel: socket.socket, threads: Threads) -> None:
     encode = protocol.encoder().encode
     inbox = Inbox(channel, protocol.commands().decode)
-    sent = time.monotonic()
-    pending: Step | None = None  # news not sent yet
     while True:
         busy = core.busy
         if not busy:
@@ -163,18 +161,15 @@ def _serve(core: EngineCore, channel: socket.socket, threads: Threads) -> None:
                 threads.heard()
                 busy = core.busy
         if core.stopping:
-            last = Step(started=[], events=core.fail_all(SHUTTING_DOWN), stats=protocol.Stats())
-            channel.sendall(frame(encode(last if pending is None else pending.merge(last))))
+            core.fail_all(SHUTTING_DOWN)
+            if (last := core.take()) is not None:
+                channel.sendall(frame(encode(last)))
             return
         if inbox.closed and not inbox.items:  # the API process is gone
             log.warning("the API process is gone; stopping")
             return
         if busy:
             threads.fit()
-            step = core.iterate()
-            if step is not None:
-                pending = step if pending is None else pending.merge(step)
-            now = time.monotonic()
-            if pending is not None and (core.urgent or not core.busy or now - sent >= core.window):
-                channel.sendall(frame(encode(pending)))
-                pending, sent = None, now
+            core.iterate()
+            if core.due(time.monotonic()) and (step := core.take()) is not None:
+                channel.sendall(frame(encode(step)))

@@ -8,9 +8,10 @@ a malformed or unexpected message is a decoding error, never code run from a soc
 API process -> engine: `Generate`, `ScoreText`, `Cancel`, `Share`, `Shutdown`.
 Engine -> API process: `Ready` once loaded, `Failed` if it could not load, then `Step`s:
 the requests that started (their `Choice`s), every `Out` of every row at once, and the
-engine's counters (`Stats`). A round of the engine loop with news sends its Step at once
-when any of it is urgent; otherwise consecutive rounds within `EngineCore.window` share
-one message (`charnet.server.core.loop`).
+engine's counters (`Stats`). The engine loop's news goes out at once when any of it is
+urgent; otherwise the rounds within `EngineCore.window` share one message, a choice's
+characters from them joined into one `Out` (`charnet.server.core.loop`,
+`charnet.server.core.news`).
 Requests carry their own types (`GenerationRequest` with its `SamplingParams` and
 `Constraint`), which validate themselves again when decoded.
 """
@@ -125,14 +126,6 @@ class Step(msgspec.Struct, tag=True):
     """Requests that started this round: (job, its choices), before their events."""
     events: list[tuple[int, Out]]
     stats: Stats
-
-    def merge(self, later: Step) -> Step:
-        """This step's news followed by `later`'s, with `later`'s counters (one message
-        for both)."""
-        self.started += later.started
-        self.events += later.events
-        self.stats = later.stats
-        return self
 
 
 class Ready(msgspec.Struct, tag=True):

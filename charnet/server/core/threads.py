@@ -48,6 +48,7 @@ class Threads:
         """The threads steps take when no command has just arrived."""
         self._shares = counts if self.varies else [self.share]
         self._heard = -math.inf
+        self._set: int | None = None  # what `fit` last gave torch
 
     @property
     def counts(self) -> tuple[int, ...]:
@@ -65,10 +66,12 @@ class Threads:
         self._heard = time.monotonic()
 
     def fit(self) -> None:
-        """Set torch's threads for the next step."""
+        """Set torch's threads for the next step (the loop's thread alone sets them, so
+        asking torch each round is not needed)."""
         want = 1 if self.varies and time.monotonic() - self._heard < ARRIVALS_S else self.share
-        if torch.get_num_threads() != want:
+        if want != self._set:
             torch.set_num_threads(want)
+            self._set = want
 
 
 def same_bits(kernel: StepKernel, threads: int, batches: tuple[int, ...], fewer: tuple[int, ...] = (1,),

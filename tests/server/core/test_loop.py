@@ -42,17 +42,23 @@ class Run:
         self.choices = {}
         self.rounds = 0
 
-    def drive(self, core: EngineCore, until=None, limit: int = 100_000) -> Run:
-        """Iterate until the loop is idle (or `until()` holds)."""
+    def drive(self, core: EngineCore, until=None, limit: int = 100_000, every: int = 1) -> Run:
+        """Iterate until the loop is idle (or `until()` holds), taking its news every
+        `every` rounds and at the end."""
         while core.busy and not (until and until()):
-            step = core.iterate()
+            core.iterate()
             self.rounds += 1
             assert self.rounds < limit
-            if step is not None:
-                self.choices.update(step.started)
-                for job, out in step.events:
-                    self.events[job].append(out)
+            if self.rounds % every == 0:
+                self.read(core.take())
+        self.read(core.take())
         return self
+
+    def read(self, step) -> None:
+        if step is not None:
+            self.choices.update(step.started)
+            for job, out in step.events:
+                self.events[job].append(out)
 
     def text(self, job: int, index: int = 0) -> str:
         return "".join(o.text for o in self.events[job] if o.index == index)
@@ -74,6 +80,32 @@ def test_requests_in_one_batch_equal_their_solo_runs(core, solo):
         assert run.text(r.job) == solo(PROMPT[: 3 + i], max_chars=30 + 3 * i, seed=i, top_p=0.9,
                                        repetition_penalty=1 + 0.1 * (i % 3)).text
     assert run.choices[requests[0].job][0].seed == 0 and run.choices[requests[0].job][0].prompt_tokens == 3
+
+
+def test_a_messages_rounds_give_each_choice_one_event_with_its_solo_text(core, solo):
+    """News taken every 25 rounds, as a stream's message every 20 ms carries 100 or so:
+    a choice's characters from those rounds arrive as one event."""
+    requests = [generate(PROMPT[: 4 + i], n=2, max_chars=60 + 7 * i, seed=i) for i in range(3)]
+    for r in requests:
+        core.receive(r)
+    run = Run().drive(core, every=25)
+    for i, r in enumerate(requests):
+        alone = solo(PROMPT[: 4 + i], num_samples=2, max_chars=60 + 7 * i, seed=i)
+        for index in range(2):
+            pieces = [o for o in run.events[r.job] if o.index == index]
+            assert run.text(r.job, index) == alone[index].text
+            assert len(pieces) <= run.rounds // 25 + 2 and max(len(o.text) for o in pieces) > 1
+            assert pieces[-1].finish_reason == "length" and pieces[-1].generated == 60 + 7 * i
+        assert run.ended(r.job).error is None
+
+
+def test_characters_with_log_probabilities_stay_an_event_each(core):
+    request = generate(max_chars=30, seed=5, logprobs=2)
+    core.receive(request)
+    run = Run().drive(core, every=25)
+    scored = [o for o in run.events[request.job] if o.logprobs]
+    assert len(scored) == 30 and all(len(o.logprobs) == 1 for o in scored)
+    assert "".join(o.logprobs[0].text for o in scored) == run.text(request.job)
 
 
 def test_a_failing_generation_fails_only_its_request(core, boom, solo):
@@ -149,10 +181,10 @@ def test_a_bug_in_the_loop_fails_what_runs_and_the_loop_carries_on(core, monkeyp
     real = EngineCore._score_turn  # runs every round
     calls = itertools.count()
 
-    def score_turn(self, stepped, out):
+    def score_turn(self, stepped):
         if next(calls) == 5:
             raise KeyError("a bug")
-        return real(self, stepped, out)
+        return real(self, stepped)
 
     monkeypatch.setattr(EngineCore, "_score_turn", score_turn)
     running = generate(max_chars=50)
@@ -172,7 +204,8 @@ def test_a_cancelled_request_leaves_before_the_next_step_and_says_nothing_more(c
     run.drive(core, until=lambda: len(run.text(gone.job)) >= 5)
     said = len(run.events[gone.job])
     core.receive(Cancel(job=gone.job))
-    step = core.iterate()
+    core.iterate()
+    step = core.take()
     assert step.stats.rows == 1 and all(job != gone.job for job, _ in step.events)
     run.drive(core)
     assert len(run.events[gone.job]) == said and run.ended(stays.job).error is None
@@ -200,7 +233,8 @@ def test_shutdown_ends_queued_and_running_requests_with_503(core):
     core.receive(queued)
     core.receive(Shutdown())
     assert core.stopping
-    ended = dict(core.fail_all(SHUTTING_DOWN))
+    core.fail_all(SHUTTING_DOWN)
+    ended = dict(core.take().events)
     assert ended[running.job].error == ended[queued.job].error == SHUTTING_DOWN and ended[queued.job].end
     assert not core.busy
 
@@ -241,9 +275,10 @@ def test_a_round_is_urgent_when_a_request_starts_speaks_first_or_ends(core):
     core.receive(request)
     rounds = []
     while core.busy:
-        step = core.iterate()
+        core.iterate()
+        urgent, step = core.urgent, core.take()
         events = [o for _, o in step.events] if step else []
-        rounds.append((core.urgent, bool(step and step.started), any(o.text for o in events), any(o.end for o in events)))
+        rounds.append((urgent, bool(step and step.started), any(o.text for o in events), any(o.end for o in events)))
     first_text = next(i for i, r in enumerate(rounds) if r[2])
     assert rounds[0][:2] == (True, True) and rounds[first_text][0] and rounds[-1][0] and rounds[-1][3]
     between = rounds[first_text + 1:-1]
@@ -283,7 +318,8 @@ def test_every_step_says_the_counts_as_they_are(core):
     core.receive(long)
     seen = []
     while core.busy:
-        step = core.iterate()
+        core.iterate()
+        step = core.take()
         rows = core._batch.rows
         if step is not None:
             stats = step.stats
