@@ -204,6 +204,30 @@ def test_a_burst_added_together_writes_what_each_writes_alone(trained):
                                           solo(kernel, vocab, req(prompt=r.prompt, n=40, seed=r.params.seed + 1))]
 
 
+def test_a_burst_takes_its_rows_in_one_resize(trained, monkeypatch):
+    """Sequences admitted together grow the batch's tensors once, not once each."""
+    kernel, vocab = trained
+    batch = Batch(kernel, vocab, PromptCache())
+    (neighbour,) = batch.add(req(prompt="X", n=100, seed=9))
+    batch.step()
+    sizes = []
+    real = Batch._resize
+
+    def resize(self, n):
+        before = self._rows
+        real(self, n)
+        if self._rows != before:
+            sizes.append(self._rows)
+
+    monkeypatch.setattr(Batch, "_resize", resize)
+    requests = [req(prompt=p, n=40, seed=s) for s, p in enumerate(["ROMEO:", "KING", "First", "O", "Be"])]
+    groups = [batch.add(r) for r in requests]
+    batch.step()
+    assert sizes == [kernel.rows(6)] and batch.rows == 6
+    run(batch)
+    assert [seqs[0].text for seqs in groups] == [solo(kernel, vocab, r) for r in requests]
+
+
 SPEECH = "First Citizen:\nBefore we proceed any further, hear me speak."
 
 
@@ -223,6 +247,7 @@ def test_requests_arriving_with_one_prompt_prime_it_once(trained):
         batch.step()
         assert [s.joined for s in later] == [True, False, False] and later[0].leader is first
         assert later[0].row == later[1].row == -1 and later[2].row >= 0
+        assert batch.logits.shape[0] == kernel.rows(batch.rows)  # no row kept for the one that joined
         run(batch)
         assert cache.primed_tokens == 1 + len(SPEECH) + 20
         assert [s.text for s in [first, *later]] == [solo(kernel, vocab, req(prompt=p, n=30, seed=k))

@@ -283,14 +283,17 @@ class EngineCore:
             for seq in rows[share:]:  # over its share: the latest choices wait
                 batch.suspend(seq)
         failed = False
-        for job, rows, waiting, share in zip(jobs, held, ready, alloc):
+        admitting = [waiting[:max(0, share - len(rows))] for rows, waiting, share in zip(held, ready, alloc)]
+        batch.reserve(sum(map(len, admitting)))
+        for job, seqs in zip(jobs, admitting):
             try:
-                for seq in waiting[:max(0, share - len(rows))]:
+                for seq in seqs:
                     batch.admit(seq)
             except Exception as e:  # e.g. the prompt cache failing: this request only
                 log.exception("starting a sequence on %s failed", self.engine.name)
                 self._end(job, (500, f"generation failed: {type(e).__name__}"))
                 failed = True  # its rows are free: share again next round
+        batch.trim()
         self._count()
         if not failed:
             self._seen = batch.revision
