@@ -9,9 +9,9 @@ Each was built by the engine between two steps, and encoded, decoded and handed 
 request one by one by the API process, whose wakeups take a core from the engine. A
 choice's characters are appended to one event instead; what a client receives is the
 same text, in the same frames. Measured against one event per row per round (paired runs
-on 2 cores, 16 rounds of one client, 8 of 64): the API process's CPU per 1,000 characters
-4.4 -> 1.3 ms for one stream, 4.1 -> 3.1 ms for 64; server / engine alone 0.89 -> 0.94
-and 0.88 -> 0.93.
+on 2 cores: 16 rounds of one client streaming 1,000 characters, 8 of 64 streaming 400):
+the API process's CPU per 1,000 characters 4.4 -> 1.3 ms for one stream, 4.1 -> 3.1 ms for
+64; server / engine alone 0.89 -> 0.94 and 0.88 -> 0.93.
 
 Events that carry more than characters are not joined: a piece with log-probabilities
 (its alternatives belong to its own position), an error, a request's end, a score. Such
