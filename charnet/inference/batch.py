@@ -131,8 +131,8 @@ class Batch:
             self._resize(len(self.seqs) + n)
 
     def trim(self) -> None:
-        """Give back free rows beyond those the sequences need (reserved for sequences
-        that joined another's priming instead of taking a row)."""
+        """Give back free rows beyond those the sequences need: those of sequences that
+        left, or reserved for ones that joined another's priming instead of taking one."""
         if self.seqs:
             self._resize(len(self.seqs))
 
@@ -258,8 +258,7 @@ class Batch:
             self.seqs.pop()
             seq.row = -1
         self._params = None
-        if self.seqs:
-            self._resize(len(self.seqs))
+        self.trim()
 
     def _retire(self, done: list[Sequence]) -> None:
         """Free the rows of sequences that finished this step, caching the state after

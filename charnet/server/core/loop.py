@@ -181,7 +181,7 @@ class EngineCore:
         """End every request, queued or running, with `error` (in the news); start a
         fresh batch."""
         for job in self._arrivals:
-            self.news.add(job.id, Out(error=error, end=True))
+            self._say_end(job.id, error)
         self._arrivals.clear()
         try:
             for job in [*self._jobs, *self._scores]:
@@ -189,11 +189,10 @@ class EngineCore:
         except Exception:
             log.exception("failing the requests of %s", self.engine.name)
             for job in [*self._jobs, *self._scores]:
-                self.news.add(job.id, Out(error=error, end=True))
+                self._say_end(job.id, error)
             self._jobs.clear()
             self._scores.clear()
             self._owner.clear()
-        self.urgent = True
         self._new_batch()
 
     def _new_batch(self) -> None:
@@ -248,8 +247,7 @@ class EngineCore:
             error = failure(e)
             if error[0] == 500:
                 log.exception("starting a request on %s failed", self.engine.name)
-            self.news.add(job.id, Out(error=error, end=True))
-            self.urgent = True
+            self._say_end(job.id, error)
             return
         self.news.start(job.id, [Choice(seed=s.seed, prompt_tokens=s.prompt_tokens) for s in seqs])
         self.urgent = True
@@ -380,5 +378,10 @@ class EngineCore:
             self._jobs.remove(job)
         self._changed()
         if error is not None or done:
-            self.news.add(job.id, Out(error=error, end=True))
-            self.urgent = True
+            self._say_end(job.id, error)
+
+    def _say_end(self, job: int, error: tuple[int, str] | None) -> None:
+        """Request `job`'s last event (failed with `error`, or done): news that goes out
+        at once."""
+        self.news.add(job, Out(error=error, end=True))
+        self.urgent = True
