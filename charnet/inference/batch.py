@@ -35,22 +35,16 @@ from torch import Tensor
 
 from charnet.errors import ConfigError
 from charnet.inference.constraints import Masks, prefetch
-from charnet.inference.generation import (FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, CharLogprob, Piece, Sequence,
-                                Snapshot)
+from charnet.inference.draw import draw
+from charnet.inference.generation import FINISH_CANCELLED, FINISH_ERROR, FINISH_LENGTH, Piece, Sequence, Snapshot
 from charnet.inference.kernel import StepKernel
 from charnet.inference.prompt_cache import PromptCache
 from charnet.inference.request import GenerationRequest
-from charnet.inference.sampling import REPETITION_WINDOW, BatchParams, choose, uniform
+from charnet.inference.sampling import REPETITION_WINDOW, BatchParams
 from charnet.documents import DEFAULT_START
 from charnet.tokenizer import Vocab
 
 log = logging.getLogger("charnet.inference")
-
-try:
-    from charnet.inference import fused_sampling
-except Exception:  # numba absent or broken: the kernel is not fused either, and nothing calls it
-    fused_sampling = None
-
 
 class Batch:
     """The sequences of one model, those with rows advanced together one token per step.
@@ -347,11 +341,12 @@ class Batch:
         every row sampled one). A row whose sampling raises ends with FINISH_ERROR."""
         rows = [s.row for s in seqs]
         masks = Masks.of(seqs, self.vocab, self.kernel.device)
+        tables, fused = (self.logits, self.recent, self.counts), self.kernel.fused
         try:
             if self._params is None:
                 self._params = BatchParams.of([s.request.params for s in seqs], self.kernel.vocab_size,
                                               self.kernel.device)
-            tokens, infos = self._draw(rows, seqs, self._params, masks.allowed)
+            tokens, infos = draw(tables, len(self.seqs), rows, seqs, self._params, masks.allowed, self.vocab, fused)
             token_list: list[int | None] = tokens.tolist()
         except Exception:  # find the row at fault: each row draws what it draws in any batch
             self._params, tokens, token_list, infos = None, None, [], []
@@ -359,7 +354,7 @@ class Batch:
                 try:
                     params = BatchParams.of([seq.request.params], self.kernel.vocab_size, self.kernel.device)
                     allowed = None if masks.allowed is None else masks.allowed[i:i + 1]
-                    one, info = self._draw([row], [seq], params, allowed)
+                    one, info = draw(tables, len(self.seqs), [row], [seq], params, allowed, self.vocab, fused)
                     token_list.append(one.item())
                     infos += info
                 except Exception as e:
@@ -392,61 +387,8 @@ class Batch:
                 self.counts[seq.row, token] += 1
         return pieces, done, tokens
 
-    def _draw(self, rows: list[int], seqs: list[Sequence], params: BatchParams,
-              allowed: Tensor | None) -> tuple[Tensor, list]:
-        """Tokens for `rows` from their pending logits, and their log-probability records."""
-        n = len(self.seqs)
-        every = len(rows) == n
-        unk = self.vocab.unk_id
-        seeds = np.fromiter((s.seed for s in seqs), dtype=np.uint64, count=len(seqs))
-        steps = np.fromiter((s.generated for s in seqs), dtype=np.uint64, count=len(seqs))
-        want = [s.request.logprobs for s in seqs]
-        logprobs = any(w is not None for w in want)
-        if self.kernel.fused:
-            # The compiled sampler reads the batch's tables in place and leaves out the
-            # unknown id itself; log-probabilities, when asked for, see the same logits.
-            tokens = torch.from_numpy(fused_sampling.choose(
-                self.logits, np.asarray(rows, dtype=np.int64), params, seeds, steps, unk,
-                self.recent if params.any_penalty else None, self.counts if params.any_count_penalty else None,
-                allowed))
-            if logprobs:
-                logits = self._without_unknown(self.logits[:n].clone() if every else self.logits[rows])
-        else:
-            logits = self._without_unknown(self.logits[:n] if every else self.logits[rows])
-            recent = counts = None
-            if params.any_penalty:
-                recent = self.recent[:n] if every else self.recent[rows]
-            if params.any_count_penalty:
-                counts = self.counts[:n] if every else self.counts[rows]
-            tokens = choose(logits, params, uniform(seeds, steps), recent, counts, allowed)
-        infos = self._logprobs(logits, tokens, want) if logprobs else [None] * len(seqs)
-        return tokens, infos
-
-    def _without_unknown(self, logits: Tensor) -> Tensor:
-        """`logits` (changed in place) with the unknown id at -inf: it stands for characters
-        the model never saw, not one to write."""
-        if self.vocab.unk_id is not None:
-            logits[:, self.vocab.unk_id] = float("-inf")
-        return logits
-
     def _update_recent(self, seq: Sequence, token: int) -> None:
         seq.recent.append(token)
         self.recent[seq.row, token] += 1
         if len(seq.recent) > REPETITION_WINDOW:
             self.recent[seq.row, seq.recent.pop(0)] -= 1
-
-    def _logprobs(self, logits: Tensor, tokens: Tensor, want: list[int | None]) -> list[CharLogprob | None]:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        k = max(w for w in want if w is not None)
-        top_v, top_i = logp.topk(k, dim=-1) if k else (None, None)
-        top_v = top_v.tolist() if k else None
-        top_i = top_i.tolist() if k else None
-        out: list[CharLogprob | None] = []
-        for r, (w, token) in enumerate(zip(want, tokens.tolist())):
-            if w is None:
-                out.append(None)
-                continue
-            top = [(self.vocab.display(i), v) for i, v in zip(top_i[r][:w], top_v[r][:w])] if w else []
-            out.append(CharLogprob(text=self.vocab.display(token), logprob=chosen[r], top=top))
-        return out
