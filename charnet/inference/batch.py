@@ -46,6 +46,7 @@ from charnet.tokenizer import Vocab
 
 log = logging.getLogger("charnet.inference")
 
+
 class Batch:
     """The sequences of one model, those with rows advanced together one token per step.
 
