@@ -3,6 +3,9 @@ and only where the model's steps give the same bits on both."""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -11,7 +14,7 @@ import torch
 
 from charnet.device import native_bf16
 from charnet.inference.engine import Engine
-from charnet.server.core.threads import ARRIVALS_S, Threads, same_bits
+from charnet.server.core.threads import ARRIVALS_S, Threads, clear_of_this_cpu, same_bits
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +22,27 @@ def _threads_restored():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def workers():
+    """The native threads of this process that Python did not start (torch's OpenMP
+    workers, started by a product on two threads); their CPUs are given back after."""
+    torch.set_num_threads(2)
+    torch.ones(1 << 22).mul_(2)  # big enough for torch to split it among its threads
+    ours = {t.native_id for t in threading.enumerate()}
+    tids = [int(t) for t in os.listdir("/proc/self/task") if int(t) not in ours]
+    before = {t: os.sched_getaffinity(t) for t in tids}
+    yield tids
+    for t, cpus in before.items():
+        try:
+            os.sched_setaffinity(t, cpus)
+        except OSError:
+            pass
+
+
+several_cpus = pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                                  reason="threads are placed on Linux with two CPUs or more")
 
 
 @pytest.fixture
@@ -56,6 +80,32 @@ def test_steps_take_one_thread_while_commands_arrive_then_all_again(kernel):
     time.sleep(ARRIVALS_S * 1.5)
     threads.fit()
     assert torch.get_num_threads() == 2
+
+
+@several_cpus
+def test_threads_python_did_not_start_are_kept_off_the_callers_cpu(workers):
+    assert workers, "a product on two threads started no worker"
+    mine = os.sched_getaffinity(0)
+    assert clear_of_this_cpu()
+    for t in workers:
+        cpus = os.sched_getaffinity(t)
+        assert cpus < mine and len(cpus) == len(mine) - 1  # every CPU but one: the caller's then
+    assert os.sched_getaffinity(0) == mine  # Python's own threads stay where they may
+
+
+@several_cpus
+def test_taking_back_threads_places_them_off_the_loops_cpu(kernel, workers):
+    threads = Threads(2, kernel)
+    if not threads.varies:
+        pytest.skip("this machine's products give other bits on one thread than on two for this model")
+    threads.heard()
+    threads.fit()
+    mine = os.sched_getaffinity(0)
+    for t in workers:
+        os.sched_setaffinity(t, mine)
+    time.sleep(ARRIVALS_S * 1.5)
+    threads.fit()  # one thread -> two
+    assert all(len(os.sched_getaffinity(t)) == len(mine) - 1 for t in workers)
 
 
 @pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="this CPU has no native bfloat16 products")
