@@ -103,6 +103,9 @@ class EngineClient:
 
     def __init__(self, name: str, path: str, settings: Settings, metrics: Metrics) -> None:
         self.name, self.path, self.settings = name, path, settings
+        self.threads = threads(settings)
+        """The torch threads its engine processes divide, counted once: `os.cpu_count`
+        reads a file (6 us), and the share is worked out as each request comes and goes."""
         self._replicas = [_Replica(i) for i in range(engines(settings))]
         self._ids = itertools.count(1)
         self._held = 0  # sequences of the generation requests sent and not ended (admission)
@@ -160,7 +163,7 @@ class EngineClient:
             name=self.name, path=self.path, device=settings.device, cache_bytes=int(settings.cache_mb * (1 << 20)),
             max_concurrency=-(-settings.max_concurrency // engines), max_n=settings.max_n,
             timeout=settings.request_timeout,
-            threads=threads(settings), engines=engines,
+            threads=self.threads, engines=engines,
             env={k: v for k, v in os.environ.items() if k.startswith("CHARNET_")},
             log_level=logging.getLevelName(log.getEffectiveLevel()).lower())
 
@@ -298,7 +301,7 @@ class EngineClient:
         if self._closing or len(self._replicas) == 1:
             return
         busy = sum(1 for r in self._replicas if r.held)
-        share = max(1, threads(self.settings) // max(1, busy))
+        share = max(1, self.threads // max(1, busy))
         for r in self._replicas:
             if r.ready and r.threads != share:
                 r.threads = share
