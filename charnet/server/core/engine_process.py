@@ -116,8 +116,19 @@ class EngineProcess:
 
     def send(self, command: protocol.Command) -> None:
         """Queue `command`: it goes out with the other commands of this turn of the event
-        loop (`wire.Outbox`; asyncio's transport buffers what the socket cannot take)."""
-        self._outbox.put(self._encode(command))
+        loop (`wire.Outbox`; asyncio's transport buffers what the socket cannot take), but
+        a `Share` at once (with those queued before it).
+
+        Why a `Share` at once: when a burst of requests begins, the first goes to one engine
+        and the second, often a few milliseconds later as clients connect, to the other,
+        which tells both to step on one thread. Gathered, that word waited up to
+        `wire.GATHER_S` more, and the first engine's one-thread window
+        (`threads.ARRIVALS_S` from its first request) could run out meanwhile: it then
+        stepped on every thread beside the API process and the other engine, its steps
+        waiting for the worker at each product. Traced: 2 bursts of 64 in 6 had an engine
+        on two threads for 16-17 ms before the word was read, the first characters of its
+        requests late by as much; none of 12 since."""
+        self._outbox.put(self._encode(command), at_once=isinstance(command, protocol.Share))
 
     def _answer(self, why: str | None) -> None:
         if not self._started.done():

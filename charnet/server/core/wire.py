@@ -70,7 +70,8 @@ class Outbox:
     the engines' thread shares) went out in 15-16 writes, and the API process spent
     26.7 ms of CPU on a burst of 64 two-character streams against 29.2-30.8 ms (two paired
     runs of 12 bursts). The bound keeps a long turn from holding the first commands back:
-    a prompt the engine must prime starts priming within `GATHER_S` of its arrival."""
+    a prompt the engine must prime starts priming within `GATHER_S` of its arrival. A
+    frame that must not wait for the turn's end is put `at_once`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, write: Callable[[bytes], None]) -> None:
         """`write`: the transport's write (called with several frames at once)."""
@@ -78,9 +79,12 @@ class Outbox:
         self._frames: list[bytes] = []
         self._oldest = 0.0
 
-    def put(self, payload: bytes) -> None:
-        """Queue `payload` as a frame."""
+    def put(self, payload: bytes, at_once: bool = False) -> None:
+        """Queue `payload` as a frame; `at_once`: write it now, with those queued before it."""
         self._frames.append(frame(payload))
+        if at_once:
+            self.flush()
+            return
         now = time.monotonic()
         if len(self._frames) == 1:
             self._oldest = now

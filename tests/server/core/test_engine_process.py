@@ -1,19 +1,20 @@
 """One engine process from the API process's side: it reports when it is ready, passes
-on the engine's steps, tells its owner when it exits, and is killed when it takes longer
-to start than it may."""
+on the engine's steps, writes a thread share at once, tells its owner when it exits, and
+is killed when it takes longer to start than it may."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
 from charnet.inference.request import GenerationRequest
 from charnet.server.core.engine_process import EngineProcess
 from charnet.server.core.process import CoreSpec
-from charnet.server.core.protocol import Generate
+from charnet.server.core.protocol import Generate, Share
 from tests.serving import MODEL, until
 
 pytestmark = pytest.mark.anyio
@@ -36,6 +37,22 @@ async def test_started_engine_streams_steps_and_reports_its_exit(checkpoint):
         os.kill(engine.pid, signal.SIGKILL)
         await asyncio.wait_for(exited.wait(), 30)
         assert engine.process.exitcode == -signal.SIGKILL
+    finally:
+        await engine.dispose()
+
+
+async def test_a_share_is_written_at_once_with_the_commands_queued_before_it(checkpoint):
+    steps = []
+    engine = EngineProcess(spec(checkpoint), on_step=steps.append, on_exit=lambda e: None)
+    try:
+        assert await engine.wait_started(120) is None
+        engine.send(Generate(job=7, groups=[(GenerationRequest.of("ab", max_chars=5, seed=1), 1)], timeout=60.0))
+        engine.send(Share(threads=1))
+        # This turn of the event loop goes on, and the engine is killed before it ends:
+        # only what was written meanwhile reached it.
+        time.sleep(2)
+        os.kill(engine.pid, signal.SIGKILL)
+        await until(lambda: any(out.end for step in steps for _, out in step.events))  # its steps were sent
     finally:
         await engine.dispose()
 

@@ -82,6 +82,19 @@ async def test_an_outbox_holds_no_frame_past_its_bound_in_a_long_turn():
 
 
 @pytest.mark.anyio
+async def test_an_outbox_writes_a_frame_put_at_once_now_after_those_queued_before_it():
+    writes: list[bytes] = []
+    outbox = Outbox(asyncio.get_running_loop(), writes.append)
+    outbox.put(b"gathered")
+    outbox.put(b"urgent", at_once=True)
+    assert writes == [frame(b"gathered") + frame(b"urgent")]  # in this turn, in order
+    outbox.put(b"later")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert writes[1:] == [frame(b"later")]  # nothing written twice
+
+
+@pytest.mark.anyio
 async def test_an_outbox_over_a_socket_pair_delivers_every_frame_in_order():
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=ours)
