@@ -125,7 +125,7 @@ class EngineProcess:
         `wire.GATHER_S` more, and the first engine's one-thread window
         (`threads.ARRIVALS_S` from its first request) could run out meanwhile: it then
         stepped on every thread beside the API process and the other engine, its steps
-        waiting for the worker at each product. Traced: 2 bursts of 64 in 6 had an engine
+        waiting for the worker at each product. Traced: 2 bursts of 64 in 7 had an engine
         on two threads for 16-17 ms before the word was read, the first characters of its
         requests late by as much; none of 12 since."""
         self._outbox.put(self._encode(command), at_once=isinstance(command, protocol.Share))
